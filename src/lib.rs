@@ -1,0 +1,33 @@
+//! # dit-attention
+//!
+//! Fast sparse attention for video diffusion transformers on [burn]: Sliding Tile Attention,
+//! neighbourhood-style local patterns, and (in later releases) token merging and smart attention,
+//! all on one block-sparse flash-attention engine.
+//!
+//! This release holds the foundation every kernel builds on:
+//! - [`canvas`]: canvases `T x H x W`, tiles, text placement, token orders;
+//! - [`permutation`]: the exact natural <-> tile-major permutation (ragged canvases included), as
+//!   index arrays and as burn ops;
+//! - [`mask`]: mask geometry in plain Rust: token predicates, block maps (the engine's contract),
+//!   exact sparsity and block statistics, pictures of block maps;
+//! - [`reference`]: reference attention from burn tensor ops on any backend (dense with bias and
+//!   LSE, block-map attention, STA, LSE merge): the oracles of every kernel.
+//!
+//! Choices the spec leaves open, written down here:
+//! - Text is global in every pattern: video queries see all text keys, text queries see all keys.
+//! - Blocks never straddle the text / video boundary (each segment is cut on its own).
+//! - A tile larger than the canvas in some dimension is an error; NATTEN and Swin windows larger
+//!   than the canvas are errors; STA windows may exceed the tile count (the whole dimension).
+
+pub mod canvas;
+pub mod error;
+pub mod glue;
+pub mod mask;
+pub mod permutation;
+pub mod reference;
+
+pub use canvas::{Canvas, TextPlacement, TextSpec, TileShape, Tiling, Token, TokenOrder, VideoLayout};
+pub use error::{DitAttentionError, Result};
+pub use mask::{AttentionMask, BlockKind, BlockMap, BlockPartition, MaskStats, PatternSpec};
+pub use permutation::{TokenPermutation, to_natural, to_tile_major};
+pub use reference::{AttentionOptions, AttentionOutput};
