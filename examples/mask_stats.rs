@@ -41,7 +41,7 @@ enum At {
 /// Sparsity, dense / mixed / empty block fractions and a picture of an attention pattern's block map.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Args {
+pub struct Args {
     /// Attention pattern.
     #[arg(long, value_enum)]
     pattern: Pattern,
@@ -93,7 +93,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
@@ -101,7 +104,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Computes the statistics, writes the picture if asked, and returns what to print.
+pub fn run(args: &Args) -> Result<String, Box<dyn std::error::Error>> {
     let canvas = Canvas::from_slice(&args.canvas)?;
     let tile = match &args.tile {
         Some(t) => TileShape::from_slice(t)?,
@@ -171,45 +175,55 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut v = serde_json::to_value(&stats)?;
         v["window"] = serde_json::to_value(&windows)?;
         v["build_ms"] = serde_json::to_value(elapsed.as_secs_f64() * 1e3)?;
-        println!("{}", serde_json::to_string(&v)?);
-        return Ok(());
+        return Ok(format!("{}\n", serde_json::to_string(&v)?));
     }
-    print_table(args, &layout, &windows, &stats, elapsed.as_secs_f64() * 1e3);
+    let mut out = table(args, &layout, &windows, &stats, elapsed.as_secs_f64() * 1e3);
     if let Some(path) = &args.png {
-        println!("picture            {} (dense = dark, mixed = orange, empty = white)", path.display());
+        out += &format!("picture            {} (dense = dark blue, mixed = orange, empty = white)\n", path.display());
     }
-    Ok(())
+    Ok(out)
 }
 
-fn print_table(args: &Args, layout: &VideoLayout, windows: &[[usize; 3]], s: &MaskStats, ms: f64) {
+fn table(args: &Args, layout: &VideoLayout, windows: &[[usize; 3]], s: &MaskStats, ms: f64) -> String {
+    let mut out = String::new();
+    macro_rules! row {
+        ($($arg:tt)*) => {{
+            out += &format!($($arg)*);
+            out.push('\n');
+        }};
+    }
     let x = |d: [usize; 3]| format!("{} x {} x {}", d[0], d[1], d[2]);
     let pct = |f: f64| format!("{:6.2} %", 100.0 * f);
     let order = match s.order {
         TokenOrder::Natural => "natural",
         TokenOrder::TileMajor => "tile-major",
     };
-    println!("pattern            {} ({order} order)", s.pattern);
-    println!("canvas             {} = {} video tokens", x(s.canvas), s.video_tokens);
-    println!("tile               {} ({} tiles)", x(s.tile), x(layout.tiling().counts()));
+    row!("pattern            {} ({order} order)", s.pattern);
+    row!("canvas             {} = {} video tokens", x(s.canvas), s.video_tokens);
+    row!("tile               {} ({} tiles)", x(s.tile), x(layout.tiling().counts()));
     let unit = if matches!(args.pattern, Pattern::Sta) { "tiles" } else { "tokens" };
     match (args.pattern, windows) {
-        (Pattern::Clear, _) => println!("radius             {} tokens", args.radius.unwrap_or_default()),
-        (_, [w]) => println!("window             {} {unit}", x(*w)),
-        (_, ws) => println!("windows            {} heads: {}", ws.len(), ws.iter().map(|w| x(*w)).collect::<Vec<_>>().join(", ")),
+        (Pattern::Clear, _) => row!("radius             {} tokens", args.radius.unwrap_or_default()),
+        (_, [w]) => row!("window             {} {unit}", x(*w)),
+        (_, ws) => row!("windows            {} heads: {}", ws.len(), ws.iter().map(|w| x(*w)).collect::<Vec<_>>().join(", ")),
     }
-    println!("text               {} tokens {}", s.text, if s.text > 0 { format!("{:?}", layout.text().placement).to_lowercase() } else { String::new() });
+    match s.text {
+        0 => row!("text               none"),
+        n => row!("text               {n} tokens {}", format!("{:?}", layout.text().placement).to_lowercase()),
+    }
     match s.block {
-        Some(b) => println!("blocks             {} tokens: {} blocks ({} video)", b, s.blocks, s.video_blocks),
-        None => println!("blocks             one per tile: {} blocks ({} video)", s.blocks, s.video_blocks),
+        Some(b) => row!("blocks             {} tokens: {} blocks ({} video)", b, s.blocks, s.video_blocks),
+        None => row!("blocks             one per tile: {} blocks ({} video)", s.blocks, s.video_blocks),
     }
-    println!("sparsity           {}   (density {})", pct(s.sparsity), pct(1.0 - s.sparsity).trim());
+    row!("sparsity           {}   (density {})", pct(s.sparsity), pct(1.0 - s.sparsity).trim());
     if s.heads > 1 {
         let hs: Vec<String> = s.head_sparsity.iter().map(|h| format!("{:.1}%", 100.0 * h)).collect();
-        println!("per head           {}", hs.join(" "));
+        row!("per head           {}", hs.join(" "));
     }
-    println!("dense blocks       {}", pct(s.dense_blocks));
-    println!("mixed blocks       {}", pct(s.mixed_blocks));
-    println!("empty blocks       {}", pct(s.empty_blocks));
-    println!("visited blocks     {}   (all blocks, text included)", pct(s.visited_blocks));
-    println!("build time         {ms:.1} ms");
+    row!("dense blocks       {}", pct(s.dense_blocks));
+    row!("mixed blocks       {}", pct(s.mixed_blocks));
+    row!("empty blocks       {}", pct(s.empty_blocks));
+    row!("visited blocks     {}   (all blocks, text included)", pct(s.visited_blocks));
+    row!("build time         {ms:.1} ms");
+    out
 }

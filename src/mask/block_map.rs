@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::axis::Coverage;
-use super::blocks::{BlockLayout, BlockPartition, Box3, Segment};
+use super::blocks::{BlockLayout, BlockPartition, Segment};
 use super::pattern::AttentionMask;
 use crate::canvas::{TokenOrder, VideoLayout};
 use crate::error::{DitAttentionError, Result};
@@ -68,15 +68,29 @@ impl BlockMap {
         let mut offsets = Vec::with_capacity(heads * n + 1);
         let (mut cols, mut kinds) = (Vec::new(), Vec::new());
         offsets.push(0);
+        let text_blocks: Vec<usize> = (0..n).filter(|&b| blocks.segment(b) == Segment::Text).collect();
+        let mut candidates = Vec::new();
         for head in 0..heads {
             for qb in 0..n {
-                let reach = blocks.hull(qb).map(|h| mask.reach(head, h));
-                for kb in 0..n {
-                    if let Some(kind) = classify(mask, &blocks, head, qb, kb, reach.as_ref()) {
-                        cols.push(kb as u32);
-                        kinds.push(kind);
-                    }
-                }
+                let Some(hull) = blocks.hull(qb) else {
+                    // Text queries see every key.
+                    cols.extend(0..n as u32);
+                    kinds.extend(std::iter::repeat_n(BlockKind::Full, n));
+                    offsets.push(cols.len());
+                    continue;
+                };
+                let reach = mask.reach(head, hull);
+                candidates.clear();
+                blocks.video_blocks_touching(&reach, &mut candidates);
+                // Video keys that may be allowed, then every text key (always allowed), ascending.
+                let mut row: Vec<(u32, BlockKind)> = candidates
+                    .iter()
+                    .filter_map(|&kb| classify(mask, &blocks, head, qb, kb).map(|k| (kb as u32, k)))
+                    .chain(text_blocks.iter().map(|&kb| (kb as u32, BlockKind::Full)))
+                    .collect();
+                row.sort_unstable_by_key(|e| e.0);
+                cols.extend(row.iter().map(|e| e.0));
+                kinds.extend(row.iter().map(|e| e.1));
                 offsets.push(cols.len());
             }
         }
@@ -174,7 +188,7 @@ impl BlockMap {
 
     /// The block holding sequence position `pos`.
     pub fn block_of(&self, pos: usize) -> usize {
-        self.blocks.starts().partition_point(|&s| s <= pos) - 1
+        self.blocks.block_at(pos)
     }
 
     /// The kernel form: `counts[head * n + qb]` and `indices` padded to `max_count` per row with the
@@ -231,21 +245,8 @@ pub struct IndexArrays {
     pub partial: Vec<u8>,
 }
 
-fn classify(
-    mask: &AttentionMask,
-    blocks: &BlockLayout,
-    head: usize,
-    qb: usize,
-    kb: usize,
-    reach: Option<&Box3>,
-) -> Option<BlockKind> {
-    if blocks.segment(qb) == Segment::Text || blocks.segment(kb) == Segment::Text {
-        return Some(BlockKind::Full);
-    }
-    let (reach, hull) = (reach.expect("video blocks have a hull"), blocks.hull(kb).expect("video blocks have a hull"));
-    if (0..3).any(|d| hull.hi[d] <= reach.lo[d] || reach.hi[d] <= hull.lo[d]) {
-        return None;
-    }
+/// Classifies a video query block against a video key block from their canvas boxes.
+fn classify(mask: &AttentionMask, blocks: &BlockLayout, head: usize, qb: usize, kb: usize) -> Option<BlockKind> {
     let (mut any_full, mut any_empty) = (false, false);
     for q in blocks.boxes(qb) {
         for k in blocks.boxes(kb) {

@@ -172,6 +172,67 @@ impl BlockLayout {
         self.segments.iter().filter(|s| **s == Segment::Video).count()
     }
 
+    /// Appends the video blocks holding any token of the canvas box `region` (ascending, no
+    /// repeats), without visiting blocks outside it: rows of the box in natural order, rows of
+    /// tiles in tile-major order, are contiguous runs of positions.
+    pub(crate) fn video_blocks_touching(&self, region: &Box3, out: &mut Vec<usize>) {
+        let base = self.layout.video_range().start;
+        let start = out.len();
+        let mut run = |p0: usize, p1: usize| {
+            // Positions [p0, p1) of the video block -> the blocks holding them.
+            let (b0, b1) = (self.block_at(base + p0), self.block_at(base + p1 - 1));
+            let from = match out.last() {
+                Some(&last) if out.len() > start && last >= b0 => last + 1,
+                _ => b0,
+            };
+            out.extend(from..=b1);
+        };
+        let (lo, hi) = (region.lo, region.hi);
+        match self.order {
+            TokenOrder::Natural => {
+                let [_, h, w] = self.layout.canvas().dims();
+                for t in lo[0]..hi[0] {
+                    if lo[2] == 0 && hi[2] == w {
+                        run((t * h + lo[1]) * w, (t * h + hi[1] - 1) * w + w);
+                    } else {
+                        for y in lo[1]..hi[1] {
+                            run((t * h + y) * w + lo[2], (t * h + y) * w + hi[2]);
+                        }
+                    }
+                }
+            }
+            TokenOrder::TileMajor => {
+                let tiling = self.layout.tiling();
+                let td = tiling.tile().dims();
+                let (a0, a1) = (lo[0] / td[0], (hi[0] - 1) / td[0]);
+                let (b0, b1) = (lo[1] / td[1], (hi[1] - 1) / td[1]);
+                let (c0, c1) = (lo[2] / td[2], (hi[2] - 1) / td[2]);
+                for a in a0..=a1 {
+                    for b in b0..=b1 {
+                        // Tiles c0..=c1 of one row of tiles are contiguous.
+                        let last = tiling.tile_offset([a, b, c1]);
+                        let vol = tiling.extent(0, a) * tiling.extent(1, b) * tiling.extent(2, c1);
+                        run(tiling.tile_offset([a, b, c0]), last + vol);
+                    }
+                }
+            }
+        }
+        out[start..].sort_unstable();
+        let mut k = start;
+        for i in start..out.len() {
+            if i == start || out[i] != out[k - 1] {
+                out[k] = out[i];
+                k += 1;
+            }
+        }
+        out.truncate(k);
+    }
+
+    /// The block holding sequence position `pos`.
+    pub fn block_at(&self, pos: usize) -> usize {
+        self.starts.partition_point(|&s| s <= pos) - 1
+    }
+
     fn compute_boxes(&self, i: usize) -> Vec<Box3> {
         if self.segments[i] == Segment::Text {
             return Vec::new();

@@ -193,8 +193,8 @@ impl AttentionMask {
         match (&self.rule, self.head_rule(head)) {
             (_, Some(rules)) => {
                 let mut all_full = true;
-                for d in 0..3 {
-                    match rules[d].coverage(q.lo[d], q.hi[d], k.lo[d], k.hi[d]) {
+                for (d, rule) in rules.iter().enumerate() {
+                    match rule.coverage(q.lo[d], q.hi[d], k.lo[d], k.hi[d]) {
                         Coverage::Empty => return Coverage::Empty,
                         Coverage::Partial => all_full = false,
                         Coverage::Full => {}
@@ -250,7 +250,7 @@ impl AttentionMask {
 
 fn check_window(what: &'static str, w: [usize; 3], odd: bool) -> Result<()> {
     crate::canvas::check_nonzero(what, w)?;
-    if odd && let Some(d) = (0..3).find(|&d| w[d] % 2 == 0) {
+    if odd && let Some(d) = (0..3).find(|&d| w[d].is_multiple_of(2)) {
         return Err(DitAttentionError::EvenWindow { what, dim: DIM_NAMES[d], value: w[d], window: w });
     }
     Ok(())

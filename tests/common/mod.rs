@@ -7,10 +7,17 @@ pub mod strategies;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use dit_attention::{Canvas, TextPlacement, TextSpec, TileShape, TokenOrder};
 
-/// The backend tests run on: f64 ndarray, so references are checked at high precision.
+/// The backend tests run on: f64 ndarray (or flex without ndarray), so references are checked at
+/// high precision.
+#[cfg(feature = "ndarray")]
 pub type B64 = burn::backend::NdArray<f64>;
-/// The default f32 ndarray backend.
+/// The default f32 CPU backend.
+#[cfg(feature = "ndarray")]
 pub type B32 = burn::backend::NdArray<f32>;
+#[cfg(all(feature = "flex", not(feature = "ndarray")))]
+pub type B64 = burn::backend::Flex<f64>;
+#[cfg(all(feature = "flex", not(feature = "ndarray")))]
+pub type B32 = burn::backend::Flex<f32>;
 
 /// splitmix64: tiny, seeded, good enough for test data.
 pub struct SeedRng(u64);
