@@ -33,9 +33,14 @@ pub(crate) fn bool_tensor<B: Backend, const D: usize>(v: Vec<bool>, shape: [usiz
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
-/// A float tensor from row-major values (converted to the backend's float type).
-pub fn float_tensor<B: Backend, const D: usize>(v: Vec<f64>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(v, shape), device)
+/// A float tensor filled with `value`, in the dtype of `like` (not the device's default dtype:
+/// burn keeps one default per device, shared by e.g. `NdArray<f32>` and `NdArray<f64>`).
+pub(crate) fn full_like_dtype<B: Backend, const D: usize, const E: usize>(
+    like: &Tensor<B, E>,
+    shape: [usize; D],
+    value: f64,
+) -> Tensor<B, D> {
+    Tensor::full(shape, value, (&like.device(), like.dtype()))
 }
 
 /// The values of a tensor as `f64`, row-major.

@@ -13,11 +13,27 @@
 //! - [`reference`]: reference attention from burn tensor ops on any backend (dense with bias and
 //!   LSE, block-map attention, STA, LSE merge): the oracles of every kernel.
 //!
+//! ```
+//! use dit_attention::{AttentionMask, BlockPartition, Canvas, MaskStats, PatternSpec, TextSpec, TileShape,
+//!                     TokenOrder, VideoLayout};
+//!
+//! // HunyuanVideo: 30 x 48 x 80 latent tokens, 6 x 8 x 8 tiles, 256 text tokens after the video.
+//! let layout = VideoLayout::new(Canvas::new(30, 48, 80)?, TileShape::new(6, 8, 8)?, TextSpec::after(256))?;
+//! let mask = AttentionMask::new(layout, PatternSpec::sta([3, 3, 3]))?;
+//! let stats = MaskStats::compute(&mask, TokenOrder::TileMajor, BlockPartition::Uniform(384))?;
+//! assert!((stats.sparsity - 0.91).abs() < 1e-12); // the STA paper's 91%
+//! assert_eq!(stats.mixed_blocks, 0.0); // tile-major blocks are whole tiles: dense or empty
+//! # Ok::<(), dit_attention::DitAttentionError>(())
+//! ```
+//!
 //! Choices the spec leaves open, written down here:
 //! - Text is global in every pattern: video queries see all text keys, text queries see all keys.
 //! - Blocks never straddle the text / video boundary (each segment is cut on its own).
 //! - A tile larger than the canvas in some dimension is an error; NATTEN and Swin windows larger
 //!   than the canvas are errors; STA windows may exceed the tile count (the whole dimension).
+//! - The references create every tensor in the dtype of their inputs, never in the device's
+//!   default dtype (burn keeps one default per device, shared by e.g. `NdArray<f32>` and
+//!   `NdArray<f64>`).
 
 pub mod canvas;
 pub mod error;

@@ -68,7 +68,7 @@ fn other_pattern_parameters_are_checked() {
 #[test]
 fn text_and_sequence_length_mismatches_are_rejected() {
     let l = layout(); // 192 video + 3 text = 195
-    let x = Tensor::<B64, 4>::ones([1, 2, 194, 4], &Default::default());
+    let x = Tensor::<B64, 4>::ones([1, 2, 194, 4], opts::<B64>());
     let msg = err_of(sta_attention_reference(x.clone(), x.clone(), x.clone(), &l, &[[1, 1, 1]], TokenOrder::Natural, None, AttentionOptions::default()));
     assert_names(&msg, &["194", "195", "192 video", "3 text"]);
     let mask = AttentionMask::new(l, PatternSpec::sta([1, 1, 1])).unwrap();
@@ -79,14 +79,18 @@ fn text_and_sequence_length_mismatches_are_rejected() {
 
 #[test]
 fn tensor_shapes_are_checked() {
-    let t = |s: [usize; 4]| Tensor::<B64, 4>::ones(s, &Default::default());
+    let t = |s: [usize; 4]| Tensor::<B64, 4>::ones(s, opts::<B64>());
     let msg = err_of(dense_attention_reference(t([1, 2, 5, 4]), t([1, 2, 6, 3]), t([1, 2, 6, 4]), None, None, AttentionOptions::default()));
     assert_names(&msg, &["key", "[1, 2, 6, 4]", "[1, 2, 6, 3]"]);
     let msg = err_of(dense_attention_reference(t([1, 2, 5, 4]), t([1, 2, 6, 4]), t([1, 2, 7, 4]), None, None, AttentionOptions::default()));
     assert_names(&msg, &["value", "[1, 2, 7, 4]"]);
-    let bias = Tensor::<B64, 3>::ones([1, 2, 5], &Default::default());
+    let bias = Tensor::<B64, 3>::ones([1, 2, 5], opts::<B64>());
     let msg = err_of(dense_attention_reference(t([1, 2, 5, 4]), t([1, 2, 6, 4]), t([1, 2, 6, 4]), None, Some(bias), AttentionOptions::default()));
     assert_names(&msg, &["bias", "[1, 2, 6]", "[1, 2, 5]"]);
+    let msg = err_of(dense_attention_reference(t([1, 0, 5, 4]), t([1, 0, 5, 4]), t([1, 0, 5, 4]), None, None, AttentionOptions::default()));
+    assert_names(&msg, &["query", "empty", "[1, 0, 5, 4]"]);
+    let msg = err_of(dense_attention_reference(t([1, 1, 5, 4]), t([1, 1, 5, 4]), t([1, 1, 5, 4]), None, None, AttentionOptions::with_scale(f64::INFINITY)));
+    assert_names(&msg, &["scale", "inf"]);
     let m = Tensor::<B64, 4, burn::tensor::Bool>::empty([1, 2, 5, 5], &Default::default());
     let msg = err_of(dense_attention_reference(t([1, 2, 5, 4]), t([1, 2, 6, 4]), t([1, 2, 6, 4]), Some(m), None, AttentionOptions::default()));
     assert_names(&msg, &["mask", "[1, 2, 5, 6]", "[1, 2, 5, 5]"]);
@@ -101,6 +105,6 @@ fn block_maps_from_rows_are_checked() {
     assert_names(&err_of(BlockMap::from_rows(blocks(), 1, vec![vec![(0, BlockKind::Partial)], vec![]], None)), &["partial", "predicate"]);
     // A per-head map must match the tensor's heads.
     let map = BlockMap::from_rows(blocks(), 2, vec![vec![(0, BlockKind::Full)]; 4], None).unwrap();
-    let x = Tensor::<B64, 4>::ones([1, 3, 8, 2], &Default::default());
+    let x = Tensor::<B64, 4>::ones([1, 3, 8, 2], opts::<B64>());
     assert_names(&err_of(block_sparse_attention_reference(x.clone(), x.clone(), x, &map, None, AttentionOptions::default())), &["2 per-head", "3 heads"]);
 }

@@ -88,7 +88,7 @@ fn wrong_sequence_length_is_an_error_naming_the_values() {
         dit_attention::TextSpec::before(5),
     )
     .unwrap();
-    let x = burn::tensor::Tensor::<B32, 4>::ones([1, 1, 30, 2], &Default::default());
+    let x = burn::tensor::Tensor::<B64, 4>::ones([1, 1, 30, 2], opts::<B64>());
     let msg = to_tile_major(x, &layout).unwrap_err().to_string();
     assert!(msg.contains("30") && msg.contains("24") && msg.contains("29"), "{msg}");
 }

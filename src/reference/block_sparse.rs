@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use super::dense::attend;
 use super::{AttentionOptions, AttentionOutput, check_qkv};
 use crate::error::{DitAttentionError, Result};
-use crate::glue::{bool_tensor, index_tensor};
+use crate::glue::{bool_tensor, full_like_dtype, index_tensor};
 use crate::mask::{BlockKind, BlockMap};
 
 /// Exact softmax attention over the pairs a block map allows (full blocks whole, partial blocks
@@ -25,6 +25,7 @@ pub fn block_sparse_attention_reference<B: Backend>(
     options: AttentionOptions,
 ) -> Result<AttentionOutput<B>> {
     check_qkv(&q, &k, &v, bias.as_ref())?;
+    options.validate()?;
     let [_, heads, n, _] = q.dims();
     map.layout().check_seq_len(n)?;
     map.layout().check_seq_len(k.dims()[2])?;
@@ -67,8 +68,8 @@ fn one_head_group<B: Backend>(
         let rows = blocks.range(qb);
         let entries: Vec<(usize, BlockKind)> = map.row(head, qb).collect();
         if entries.is_empty() {
-            outs.push(Tensor::zeros([b, h, rows.len(), dv], &device));
-            lses.push(Tensor::full([b, h, rows.len()], f64::NEG_INFINITY, &device));
+            outs.push(full_like_dtype(&v, [b, h, rows.len(), dv], 0.0));
+            lses.push(full_like_dtype(&v, [b, h, rows.len()], f64::NEG_INFINITY));
             continue;
         }
         let keys: Vec<usize> = entries.iter().flat_map(|&(kb, _)| blocks.range(kb)).collect();

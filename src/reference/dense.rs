@@ -23,6 +23,7 @@ pub fn dense_attention_reference<B: Backend>(
     options: AttentionOptions,
 ) -> Result<AttentionOutput<B>> {
     check_qkv(&q, &k, &v, bias.as_ref())?;
+    options.validate()?;
     if let Some(m) = &masked {
         let (qd, kd, md) = (q.dims(), k.dims(), m.dims());
         let expected = [qd[0], qd[1], qd[2], kd[2]];

@@ -41,6 +41,14 @@ impl AttentionOptions {
         Self { scale: Some(scale) }
     }
 
+    /// Checks the options (a scale must be finite).
+    pub fn validate(&self) -> Result<()> {
+        match self.scale {
+            Some(s) if !s.is_finite() => Err(DitAttentionError::Invalid(format!("attention scale must be finite, got {s}"))),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn scale_for(&self, head_dim: usize) -> f64 {
         self.scale.unwrap_or(1.0 / (head_dim as f64).sqrt())
     }
@@ -60,6 +68,11 @@ pub(crate) fn check_qkv<B: Backend>(
         expected,
         got: got.to_vec(),
     };
+    for (name, d) in [("query", qd), ("key", kd), ("value", vd)] {
+        if d.contains(&0) {
+            return Err(DitAttentionError::Invalid(format!("{name} has an empty dimension: shape {d:?}")));
+        }
+    }
     if kd[0] != qd[0] || kd[1] != qd[1] || kd[3] != qd[3] {
         return Err(shape("key [batch, heads, seq_k, head_dim] against query", vec![qd[0], qd[1], kd[2], qd[3]], kd));
     }

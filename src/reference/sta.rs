@@ -33,6 +33,7 @@ pub fn sta_attention_reference<B: Backend>(
     options: AttentionOptions,
 ) -> Result<AttentionOutput<B>> {
     check_qkv(&q, &k, &v, bias.as_ref())?;
+    options.validate()?;
     let [_, heads, n, d] = q.dims();
     layout.check_seq_len(n)?;
     layout.check_seq_len(k.dims()[2])?;

@@ -4,7 +4,7 @@
 
 pub mod strategies;
 
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, TensorCreationOptions, TensorData, backend::Backend};
 use dit_attention::{Canvas, TextPlacement, TextSpec, TileShape, TokenOrder};
 
 /// The backend tests run on: f64 ndarray (or flex without ndarray), so references are checked at
@@ -48,10 +48,16 @@ impl SeedRng {
     }
 }
 
+/// Creation options in the backend's own float type. burn keeps one default dtype per device,
+/// shared by `NdArray<f32>` and `NdArray<f64>`, so tests never rely on it.
+pub fn opts<BK: Backend>() -> TensorCreationOptions<BK> {
+    TensorCreationOptions::float()
+}
+
 /// A random tensor (never zeros) and its values.
 pub fn randn<BK: Backend, const D: usize>(rng: &mut SeedRng, shape: [usize; D]) -> (Tensor<BK, D>, Vec<f64>) {
     let v = rng.normals(shape.iter().product());
-    (Tensor::from_data(TensorData::new(v.clone(), shape), &Default::default()), v)
+    (Tensor::from_data(TensorData::new(v.clone(), shape), opts::<BK>()), v)
 }
 
 pub fn values<BK: Backend, const D: usize>(t: Tensor<BK, D>) -> Vec<f64> {
