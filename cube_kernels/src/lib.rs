@@ -1,8 +1,10 @@
 //! CubeCL kernels of `dit-attention` (no burn dependency).
 //!
-//! The block-sparse flash-attention engine lands here: one kernel source compiled to CUDA (tensor
-//! cores) and to wgpu (a portable path that runs on Mesa lavapipe). The contract it will consume
-//! is defined in the root crate (`dit_attention::mask::BlockMap::to_index_arrays`). Until then
-//! this crate only pins the CubeCL version the kernels are written against.
+//! The block-sparse flash-attention engine: one kernel source for every CubeCL runtime. This
+//! release has the portable path (plain loads, shared memory, f32 accumulation) that runs on
+//! wgpu, Mesa lavapipe included; the tensor-core path for CUDA comes next. The contract it reads
+//! is the root crate's block map (`dit_attention::mask::BlockMap::to_index_arrays`).
+
+pub mod attention;
 
 pub use cubecl;

@@ -1,0 +1,172 @@
+//! The portable block-sparse flash-attention forward: plain loads, shared memory and f32 math,
+//! no cooperative matrices and no plane operations, so it runs on every CubeCL runtime (Mesa
+//! lavapipe included). One cube computes a chunk of rows of one query block of one (batch, head);
+//! each unit owns one query row; the units load each key/value tile into shared memory together.
+
+use cubecl::prelude::*;
+
+/// "Minus infinity" as the kernel writes it (WGSL has no infinity literal); the host maps LSE
+/// values at or below it to `-inf`.
+pub const NEG_BIG: f32 = -1.0e30;
+
+/// Forward pass over a block map given as index arrays.
+///
+/// Layouts (row-major, contiguous): `q [bh, n, head_dim]`, `k [bh, n, head_dim]`,
+/// `v [bh, n, value_dim]`, `out [bh, n, value_dim]`, `lse [bh, n]`; `bias` holds one value per key,
+/// addressed `b * bias_b_stride + h * bias_h_stride + key` (ignored unless `has_bias`).
+/// `block_starts[i]..block_starts[i + 1]` are the positions of block `i`; map row
+/// `r = (map_heads == 1 ? 0 : h) * n_blocks + qb` visits `indices[r * max_count + e]` for
+/// `e < counts[r]`. The cube grid is `(n_blocks * chunks_per_block, bh)`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn block_sparse_forward_portable<F: Float>(
+    q: &Array<F>,
+    k: &Array<F>,
+    v: &Array<F>,
+    bias: &Array<F>,
+    block_starts: &Array<u32>,
+    counts: &Array<u32>,
+    indices: &Array<u32>,
+    out: &mut Array<F>,
+    lse: &mut Array<f32>,
+    seq_len: u32,
+    heads: u32,
+    map_heads: u32,
+    max_count: u32,
+    chunks_per_block: u32,
+    bias_b_stride: u32,
+    bias_h_stride: u32,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] value_dim: usize,
+    #[comptime] rows_per_cube: usize,
+    #[comptime] tile_k: usize,
+    #[comptime] has_bias: bool,
+) {
+    let n = seq_len as usize;
+    let bh = CUBE_POS_Y as usize;
+    let h = bh % heads as usize;
+    let b = bh / heads as usize;
+    let qb = (CUBE_POS_X / chunks_per_block) as usize;
+    let chunk = (CUBE_POS_X % chunks_per_block) as usize;
+    let n_blocks = block_starts.len() - 1;
+    let mut map_row = qb;
+    if map_heads != 1 {
+        map_row = h * n_blocks + qb;
+    }
+    let q_end = block_starts[qb + 1] as usize;
+    let row = block_starts[qb] as usize + chunk * rows_per_cube + UNIT_POS as usize;
+    let active = row < q_end;
+
+    // The query row, pre-scaled, in registers.
+    let mut q_reg = Array::<f32>::new(head_dim);
+    for x in 0..head_dim {
+        let mut val = 0.0f32;
+        if active {
+            val = f32::cast_from(q[(bh * n + row) * head_dim + x]) * scale;
+        }
+        q_reg[x] = val;
+    }
+    let mut acc = Array::<f32>::new(value_dim);
+    for x in 0..value_dim {
+        acc[x] = 0.0f32;
+    }
+    let mut scores = Array::<f32>::new(tile_k);
+    let mut m = f32::new(NEG_BIG);
+    let mut l = 0.0f32;
+
+    let mut k_tile = SharedMemory::<F>::new(tile_k * head_dim);
+    let mut v_tile = SharedMemory::<F>::new(tile_k * value_dim);
+    let k_loads = (tile_k * head_dim).div_ceil(rows_per_cube);
+    let v_loads = (tile_k * value_dim).div_ceil(rows_per_cube);
+
+    let count = counts[map_row] as usize;
+    for e in 0..count {
+        let kb = indices[map_row * max_count as usize + e] as usize;
+        let k_start = block_starts[kb] as usize;
+        let k_end = block_starts[kb + 1] as usize;
+        let n_tiles = (k_end - k_start).div_ceil(tile_k);
+        for t in 0..n_tiles {
+            let kt = k_start + t * tile_k;
+            // Cooperative tile load (rows past the block are zero-filled, never read).
+            for it in 0..k_loads {
+                let idx = it * rows_per_cube + UNIT_POS as usize;
+                if idx < tile_k * head_dim {
+                    let key = kt + idx / head_dim;
+                    let mut val = F::new(0.0);
+                    if key < k_end {
+                        val = k[(bh * n + key) * head_dim + idx % head_dim];
+                    }
+                    k_tile[idx] = val;
+                }
+            }
+            for it in 0..v_loads {
+                let idx = it * rows_per_cube + UNIT_POS as usize;
+                if idx < tile_k * value_dim {
+                    let key = kt + idx / value_dim;
+                    let mut val = F::new(0.0);
+                    if key < k_end {
+                        val = v[(bh * n + key) * value_dim + idx % value_dim];
+                    }
+                    v_tile[idx] = val;
+                }
+            }
+            sync_cube();
+            if active {
+                // Runtime loop bounds: comptime ones get unrolled, and lavapipe's compiler then
+                // spends seconds on each kernel.
+                let mut tile_len = k_end - kt;
+                if tile_len > tile_k {
+                    tile_len = tile_k;
+                }
+                let mut tile_max = f32::new(NEG_BIG);
+                for j in 0..tile_len {
+                    let mut s = 0.0f32;
+                    for x in 0..head_dim {
+                        s += q_reg[x] * f32::cast_from(k_tile[j * head_dim + x]);
+                    }
+                    if has_bias {
+                        s += f32::cast_from(bias[b * bias_b_stride as usize + h * bias_h_stride as usize + kt + j]);
+                    }
+                    scores[j] = s;
+                    if s > tile_max {
+                        tile_max = s;
+                    }
+                }
+                let mut m_new = m;
+                if tile_max > m {
+                    m_new = tile_max;
+                }
+                let corr = f32::exp(m - m_new);
+                l *= corr;
+                for x in 0..value_dim {
+                    acc[x] *= corr;
+                }
+                for j in 0..tile_len {
+                    let p = f32::exp(scores[j] - m_new);
+                    l += p;
+                    for x in 0..value_dim {
+                        acc[x] += p * f32::cast_from(v_tile[j * value_dim + x]);
+                    }
+                }
+                m = m_new;
+            }
+            sync_cube();
+        }
+    }
+
+    if active {
+        let out_base = (bh * n + row) * value_dim;
+        if l > 0.0 {
+            for x in 0..value_dim {
+                out[out_base + x] = F::cast_from(acc[x] / l);
+            }
+            lse[bh * n + row] = m + f32::ln(l);
+        } else {
+            for x in 0..value_dim {
+                out[out_base + x] = F::new(0.0);
+            }
+            lse[bh * n + row] = f32::new(NEG_BIG);
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Tile sizes, chosen by one pure function.
+
+/// Shared memory the portable path allows itself: lavapipe offers 32 KiB; half leaves room for
+/// the compiler and keeps two cubes resident on GPUs.
+pub const PORTABLE_SHARED_BYTES: usize = 16 * 1024;
+
+/// Tile sizes of the portable kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortableTiles {
+    /// Query rows per cube (one unit each).
+    pub rows_per_cube: usize,
+    /// Keys per shared-memory tile.
+    pub tile_k: usize,
+}
+
+/// Tiles for head dims `head_dim` / `value_dim` with elements of `elem_bytes`: the largest key
+/// tile (a power of two, at most 32) whose K and V tiles fit [`PORTABLE_SHARED_BYTES`].
+pub fn portable_tiles(head_dim: usize, value_dim: usize, elem_bytes: usize) -> PortableTiles {
+    let per_key = (head_dim + value_dim) * elem_bytes;
+    let mut tile_k = 32;
+    while tile_k > 1 && tile_k * per_key > PORTABLE_SHARED_BYTES {
+        tile_k /= 2;
+    }
+    PortableTiles { rows_per_cube: 64, tile_k }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_fit_the_shared_memory_budget() {
+        for (d, dv, e) in [(64, 64, 4), (128, 128, 4), (128, 128, 2), (256, 256, 4), (8, 3, 4)] {
+            let t = portable_tiles(d, dv, e);
+            assert!(t.tile_k * (d + dv) * e <= PORTABLE_SHARED_BYTES, "{d} {dv} {e}: {t:?}");
+            assert!(t.tile_k.is_power_of_two() && t.tile_k <= 32);
+            // The largest such tile: doubling it would not fit (unless already at 32).
+            assert!(t.tile_k == 32 || 2 * t.tile_k * (d + dv) * e > PORTABLE_SHARED_BYTES);
+        }
+        assert_eq!(portable_tiles(128, 128, 4).tile_k, 16);
+        assert_eq!(portable_tiles(64, 64, 4).tile_k, 32);
+    }
+}
