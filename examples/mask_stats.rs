@@ -61,12 +61,10 @@ pub struct Args {
     /// CLEAR radius in tokens.
     #[arg(long)]
     radius: Option<f64>,
-    /// Block size in tokens (default: the tile volume).
+    /// Block size in tokens (default: the tile volume; in tile-major order, one block per tile,
+    /// which is the same where tiles divide the canvas and keeps ragged STA blocks dense).
     #[arg(long)]
     block: Option<usize>,
-    /// One block per tile instead of a fixed block size (ragged canvases stay dense for STA).
-    #[arg(long, conflicts_with = "block")]
-    per_tile: bool,
     /// Token order of the video (default: tile-major for sta and tiled-natten, natural otherwise).
     #[arg(long, value_enum)]
     order: Option<Order>,
@@ -153,10 +151,10 @@ pub fn run(args: &Args) -> Result<String, Box<dyn std::error::Error>> {
         Some(Order::TileMajor) => TokenOrder::TileMajor,
         None => spec.default_order(),
     };
-    let partition = if args.per_tile {
-        BlockPartition::PerTile
-    } else {
-        BlockPartition::Uniform(args.block.unwrap_or(tile.volume()))
+    let partition = match (args.block, order) {
+        (Some(b), _) => BlockPartition::Uniform(b),
+        (None, TokenOrder::TileMajor) => BlockPartition::PerTile,
+        (None, TokenOrder::Natural) => BlockPartition::Uniform(tile.volume()),
     };
 
     let mask = AttentionMask::new(layout, spec)?;
@@ -169,7 +167,7 @@ pub fn run(args: &Args) -> Result<String, Box<dyn std::error::Error>> {
         if args.head >= mask.heads() {
             return Err(format!("--head {} but the pattern has {} head(s)", args.head, mask.heads()).into());
         }
-        draw_block_map(&map, args.head, args.png_size).write_png(path)?;
+        draw_block_map(&map, args.head, args.png_size)?.write_png(path)?;
     }
     if args.json {
         let mut v = serde_json::to_value(&stats)?;
@@ -211,9 +209,9 @@ fn table(args: &Args, layout: &VideoLayout, windows: &[[usize; 3]], s: &MaskStat
         0 => row!("text               none"),
         n => row!("text               {n} tokens {}", format!("{:?}", layout.text().placement).to_lowercase()),
     }
-    match s.block {
-        Some(b) => row!("blocks             {} tokens: {} blocks ({} video)", b, s.blocks, s.video_blocks),
-        None => row!("blocks             one per tile: {} blocks ({} video)", s.blocks, s.video_blocks),
+    match s.per_tile {
+        false => row!("blocks             {} tokens: {} blocks ({} video)", s.block, s.blocks, s.video_blocks),
+        true => row!("blocks             one per tile ({} tokens): {} blocks ({} video)", s.block, s.blocks, s.video_blocks),
     }
     row!("sparsity           {}   (density {})", pct(s.sparsity), pct(1.0 - s.sparsity).trim());
     if s.heads > 1 {

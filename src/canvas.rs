@@ -22,7 +22,14 @@ impl Canvas {
     /// A 3D canvas `t x h x w`; every dimension must be at least 1.
     pub fn new(t: usize, h: usize, w: usize) -> Result<Self> {
         check_nonzero("canvas", [t, h, w])?;
-        Ok(Self { t, h, w })
+        // Kernels index tokens with u32; keep room for text tokens too.
+        match t.checked_mul(h).and_then(|x| x.checked_mul(w)) {
+            Some(n) if n < u32::MAX as usize / 2 => Ok(Self { t, h, w }),
+            _ => Err(DitAttentionError::Invalid(format!(
+                "canvas {t} x {h} x {w} has too many tokens (at most {} are supported)",
+                u32::MAX / 2
+            ))),
+        }
     }
 
     /// A 2D canvas (an image): `1 x h x w`.
@@ -167,21 +174,10 @@ pub struct Tiling {
 }
 
 impl Tiling {
-    /// Tiles over a canvas. A tile larger than the canvas in some dimension is an error: it would
-    /// silently become a smaller tile.
+    /// Tiles over a canvas. Edge tiles may be partial (spec section 1), and a tile longer than
+    /// the canvas in some dimension is one partial tile there.
     pub fn new(canvas: Canvas, tile: TileShape) -> Result<Self> {
         let (c, t) = (canvas.dims(), tile.dims());
-        for d in 0..3 {
-            if t[d] > c[d] {
-                return Err(DitAttentionError::LargerThanCanvas {
-                    what: "tile",
-                    dim: DIM_NAMES[d],
-                    value: t[d],
-                    len: c[d],
-                    canvas: c,
-                });
-            }
-        }
         let counts = [0, 1, 2].map(|d| c[d].div_ceil(t[d]));
         Ok(Self { canvas, tile, counts })
     }
@@ -207,7 +203,11 @@ impl Tiling {
     }
 
     /// Extent of tile number `i` along dimension `d` (smaller at a ragged edge).
+    ///
+    /// # Panics
+    /// If `i` is not a tile index of dimension `d`.
     pub fn extent(&self, d: usize, i: usize) -> usize {
+        assert!(i < self.counts[d], "tile index {i} out of range: dimension {} has {} tiles", DIM_NAMES[d], self.counts[d]);
         let (l, t) = (self.canvas.dims()[d], self.tile.dims()[d]);
         t.min(l - i * t)
     }
@@ -345,10 +345,10 @@ impl VideoLayout {
 
     /// The token at sequence position `pos` when the video is in `order`.
     pub fn token_at(&self, pos: usize, order: TokenOrder) -> Token {
+        assert!(pos < self.seq_len(), "position {pos} outside a sequence of {} tokens", self.seq_len());
         let v = self.video_range();
         if !v.contains(&pos) {
             let t = self.text_range();
-            debug_assert!(t.contains(&pos), "position {pos} outside a sequence of {}", self.seq_len());
             return Token::Text(pos - t.start);
         }
         let p = pos - v.start;

@@ -29,8 +29,10 @@
 //! Choices the spec leaves open, written down here:
 //! - Text is global in every pattern: video queries see all text keys, text queries see all keys.
 //! - Blocks never straddle the text / video boundary (each segment is cut on its own).
-//! - A tile larger than the canvas in some dimension is an error; NATTEN and Swin windows larger
-//!   than the canvas are errors; STA windows may exceed the tile count (the whole dimension).
+//! - Tiles need not divide the canvas: edge tiles are partial, and a tile longer than the canvas
+//!   is one partial tile. NATTEN and Swin windows larger than the canvas are errors; STA windows
+//!   may exceed the tile count (the whole dimension, as the spec says).
+//! - Canvases hold fewer than 2^31 tokens (kernels index with u32).
 //! - The references create every tensor in the dtype of their inputs, never in the device's
 //!   default dtype (burn keeps one default per device, shared by e.g. `NdArray<f32>` and
 //!   `NdArray<f64>`).

@@ -11,17 +11,6 @@ use dit_attention::{
 };
 use proptest::prelude::*;
 
-/// The spec's predicate on sequence positions, from the brute-force token table.
-fn brute_allows(spec: &PatternSpec, canvas: Canvas, tile: TileShape, head: usize, q: Option<[usize; 3]>, k: Option<[usize; 3]>) -> bool {
-    let (Some(q), Some(k)) = (q, k) else { return true };
-    match spec {
-        PatternSpec::Sta { windows } => sta_allows(canvas, tile, windows[if windows.len() == 1 { 0 } else { head }], q, k),
-        PatternSpec::Natten { window } | PatternSpec::TiledNatten { window } => natten_allows(canvas, *window, q, k),
-        PatternSpec::Swin { window, shift } => swin_allows(*window, *shift, q, k),
-        PatternSpec::Clear { radius } => clear_allows(*radius, q, k),
-    }
-}
-
 /// Expected block starts: each segment cut on its own, from its first position.
 fn expected_starts(layout: &VideoLayout, text: TextSpec, partition: BlockPartition, order: TokenOrder) -> Vec<usize> {
     let cut = |len: usize, b: usize, base: usize| (0..len).step_by(b).map(move |x| x + base);
@@ -76,7 +65,7 @@ proptest! {
         let starts = expected_starts(&layout, text, partition, order);
         prop_assert_eq!(map.blocks().starts(), starts.as_slice());
 
-        let brute = |h: usize, q: usize, k: usize| brute_allows(&spec, canvas, tile, h, tokens[q], tokens[k]);
+        let brute = |h: usize, q: usize, k: usize| pattern_allows(&spec, canvas, tile, h, tokens[q], tokens[k]);
         for h in 0..heads {
             // Token predicate, through the mask and through the map.
             for q in 0..n {

@@ -48,8 +48,11 @@ fn windows_and_tiles_larger_than_the_canvas_are_rejected() {
     assert_names(&msg, &["window 5", "dimension t", "canvas length 4"]);
     let msg = err_of(AttentionMask::new(layout(), PatternSpec::Swin { window: [1, 7, 1], shift: [0; 3] }));
     assert_names(&msg, &["7", "dimension h", "6"]);
-    let msg = err_of(VideoLayout::new(Canvas::image(6, 8).unwrap(), TileShape::new(2, 4, 4).unwrap(), TextSpec::none()));
-    assert_names(&msg, &["tile 2", "dimension t", "canvas length 1"]);
+    // A tile longer than the canvas is one partial tile (spec section 1: never refuse ragged canvases).
+    let l = VideoLayout::new(Canvas::image(6, 8).unwrap(), TileShape::new(2, 4, 4).unwrap(), TextSpec::none()).unwrap();
+    assert_eq!(l.tiling().counts(), [1, 2, 2]);
+    assert_names(&err_of(Canvas::new(1 << 20, 1 << 20, 4)), &["too many tokens"]);
+    assert_names(&err_of(Canvas::new(usize::MAX, 2, 2)), &["too many tokens"]);
     // STA windows wider than the tile count mean the whole dimension: allowed by the spec.
     assert!(AttentionMask::new(layout(), PatternSpec::sta([9, 9, 9])).unwrap().covers_everything());
 }
@@ -107,4 +110,23 @@ fn block_maps_from_rows_are_checked() {
     let map = BlockMap::from_rows(blocks(), 2, vec![vec![(0, BlockKind::Full)]; 4], None).unwrap();
     let x = Tensor::<B64, 4>::ones([1, 3, 8, 2], opts::<B64>());
     assert_names(&err_of(block_sparse_attention_reference(x.clone(), x.clone(), x, &map, None, AttentionOptions::default())), &["2 per-head", "3 heads"]);
+}
+
+#[test]
+fn merging_results_of_different_shapes_is_an_error() {
+    use dit_attention::reference::merge_attention;
+    let o = |n: usize| dit_attention::AttentionOutput::<B64> {
+        output: Tensor::<B64, 4>::zeros([1, 2, n, 3], opts::<B64>()),
+        lse: Tensor::<B64, 3>::zeros([1, 2, n], opts::<B64>()),
+    };
+    assert_names(&err_of(merge_attention(o(4), o(5))), &["[1, 2, 4, 3]", "[1, 2, 5, 3]"]);
+    let bad = dit_attention::AttentionOutput::<B64> { output: o(4).output, lse: Tensor::<B64, 3>::zeros([1, 2, 1], opts::<B64>()) };
+    assert_names(&err_of(merge_attention(o(4), bad)), &["[1, 2, 1]"]);
+}
+
+#[test]
+fn drawing_a_head_the_map_lacks_is_an_error() {
+    let mask = AttentionMask::new(layout(), PatternSpec::sta([1, 1, 1])).unwrap();
+    let map = BlockMap::from_mask(&mask, TokenOrder::TileMajor, BlockPartition::PerTile).unwrap();
+    assert_names(&err_of(dit_attention::mask::draw_block_map(&map, 1, 64)), &["head 1", "1 head"]);
 }

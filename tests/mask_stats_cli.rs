@@ -25,7 +25,8 @@ fn json_has_the_documented_fields_for_every_pattern() {
         "--pattern natten --canvas 10,16,20 --window 5,7,9",
         "--pattern tiled-natten --canvas 10,16,20 --tile 2,4,4 --window 5,7,9 --block 64",
         "--pattern swin --canvas 10,16,20 --window 2,4,4 --shift 1,2,2 --text 7 --text-at before",
-        "--pattern clear --canvas 10,16,20 --radius 3.5 --per-tile --order tile-major",
+        "--pattern clear --canvas 10,16,20 --radius 3.5 --order tile-major",
+        "--pattern sta --canvas 13,30,45 --tile 6,8,8 --window 3,3,3 --text 226 --text-at before",
         "--pattern sta --canvas 16,16 --tile 4,4 --window 1,3 --window 3,3",
     ] {
         let v = json(args);
@@ -42,6 +43,13 @@ fn json_has_the_documented_fields_for_every_pattern() {
     assert_eq!(v["canvas"], serde_json::json!([30, 48, 80]));
     assert_eq!(v["block"], 384);
     assert!((v["sparsity"].as_f64().unwrap() - 0.91).abs() < 1e-12);
+    assert_eq!(v["mixed_blocks"], 0.0);
+    // CogVideoX-2B: tiles do not divide 13 x 30 x 45; one block per tile keeps STA dense or empty.
+    let v = json("--pattern sta --canvas 13,30,45 --tile 6,8,8 --window 3,3,3 --text 226 --text-at before");
+    assert_eq!(v["mixed_blocks"], 0.0);
+    assert_eq!(v["per_tile"], true);
+    // A tile longer than the canvas is one partial tile.
+    let v = json("--pattern sta --canvas 4,48,80 --tile 6,8,8 --window 1,3,3");
     assert_eq!(v["mixed_blocks"], 0.0);
     // A 2D canvas and per-head windows.
     let v = json("--pattern sta --canvas 16,16 --tile 4,4 --window 1,3 --window 3,3");
@@ -90,8 +98,8 @@ fn bad_arguments_are_named() {
     assert!(e.contains("--window"), "{e}");
     let e = run("--pattern clear --canvas 30,48,80").unwrap_err();
     assert!(e.contains("--radius"), "{e}");
-    let e = run("--pattern sta --canvas 4,48,80 --tile 6,8,8 --window 3,3,3").unwrap_err();
-    assert!(e.contains("tile 6") && e.contains("canvas length 4"), "{e}");
+    let e = run("--pattern natten --canvas 4,48,80 --window 5,3,3").unwrap_err();
+    assert!(e.contains("window 5") && e.contains("canvas length 4"), "{e}");
     let e = run("--pattern sta --canvas 30,48,80 --window 3,3,3 --png x.png --head 2").unwrap_err();
     assert!(e.contains("--head 2"), "{e}");
 }

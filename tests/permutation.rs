@@ -63,11 +63,19 @@ proptest! {
         let (x, xv) = randn::<B64, 4>(&mut rng, [2, 3, n, 4]);
         let tm = to_tile_major(x.clone(), &layout).unwrap();
         let tmv = values(tm.clone());
-        // Row i of the tile-major tensor is the natural row at the token's natural position.
+        // Row i of the tile-major tensor is the natural row of the same token (brute force).
         let fwd = TokenPermutation::to_tile_major(&layout);
+        let natural = brute_tokens(canvas, tile, text, TokenOrder::Natural);
+        let tiled = brute_tokens(canvas, tile, text, TokenOrder::TileMajor);
+        let mut text_seen = 0;
+        let src_of: Vec<usize> = tiled.iter().enumerate().map(|(i, t)| match t {
+            Some(c) => natural.iter().position(|x| *x == Some(*c)).unwrap(),
+            None => { text_seen += 1; i }
+        }).collect();
+        prop_assert_eq!(text_seen, text.len);
         for bh in 0..6 {
             for i in 0..n {
-                let src = fwd.forward()[i] as usize;
+                let src = src_of[i];
                 prop_assert_eq!(&tmv[(bh * n + i) * 4..(bh * n + i + 1) * 4], &xv[(bh * n + src) * 4..(bh * n + src + 1) * 4]);
             }
         }

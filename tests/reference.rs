@@ -69,8 +69,20 @@ proptest! {
     #![proptest_config(cases(48))]
 
     #[test]
-    fn dense_reference_equals_brute_force((b, h, d, dv, with_bias, seed) in shape(), n in 1usize..=20, mask_seed in any::<u64>()) {
-        let x = qkv(seed, b, h, n, d, dv, with_bias);
+    fn dense_reference_equals_brute_force((b, h, d, dv, _, seed) in shape(), n in 1usize..=20, mask_seed in any::<u64>(), bias_kind in 0usize..4) {
+        let mut x = qkv(seed, b, h, n, d, dv, false);
+        // No bias, or a per-key bias of shape [b, h, n], [1, 1, n] or [1, h, n] (broadcast).
+        let mut brng = SeedRng::new(seed ^ 0xB1A5);
+        let bshape = [[b, h, n], [1, 1, n], [1, h, n]];
+        if bias_kind > 0 {
+            let s = bshape[bias_kind - 1];
+            let (t, small) = randn::<B64, 3>(&mut brng, s);
+            x.bias = Some(t);
+            x.biasv = (0..b * h * n).map(|i| {
+                let (bb, hh, kk) = (i / (h * n), (i / n) % h, i % n);
+                small[((if s[0] == 1 { 0 } else { bb }) * s[1] + if s[1] == 1 { 0 } else { hh }) * n + kk]
+            }).collect();
+        }
         // Random mask with some fully masked rows.
         let mut rng = SeedRng::new(mask_seed);
         let masked: Vec<bool> = (0..b * h * n * n).map(|_| rng.uniform() < 0.4).collect();
@@ -128,16 +140,18 @@ proptest! {
         block in 1usize..=9,
     ) {
         let layout = VideoLayout::new(canvas, tile, text).unwrap();
-        let mask = AttentionMask::new(layout, spec).unwrap();
+        let mask = AttentionMask::new(layout, spec.clone()).unwrap();
         let h = mask.heads();
         let map = BlockMap::from_mask(&mask, order, BlockPartition::Uniform(block)).unwrap();
         let n = layout.seq_len();
         let x = qkv(seed, b, h, n, d, dv, with_bias);
         let out = block_sparse_attention_reference(x.q.clone(), x.k.clone(), x.v.clone(), &map, x.bias.clone(), AttentionOptions::default()).unwrap();
         // The equivalent boolean mask, burn's convention (true = masked out).
+        // From the spec's predicate, not from the crate's mask code.
+        let tokens = brute_tokens(canvas, tile, text, order);
         let masked: Vec<bool> = (0..b).flat_map(|_| (0..h).flat_map(|hh| {
-            let mask = &mask;
-            (0..n).flat_map(move |q| (0..n).map(move |k| !mask.allows(hh, q, k, order)))
+            let (tokens, spec) = (&tokens, &spec);
+            (0..n).flat_map(move |q| (0..n).map(move |k| !pattern_allows(spec, canvas, tile, hh, tokens[q], tokens[k])))
         })).collect();
         let mt = Tensor::<B64, 4, burn::tensor::Bool>::from_data(TensorData::new(masked.clone(), [b, h, n, n]), &Default::default());
         let dense = dense_attention_reference(x.q, x.k, x.v, Some(mt), x.bias, AttentionOptions::default()).unwrap();
@@ -158,7 +172,7 @@ proptest! {
         let to_t = |m: Vec<bool>| Tensor::<B64, 4, burn::tensor::Bool>::from_data(TensorData::new(m, [b, h, n, n]), &Default::default());
         let a = dense_attention_reference(x.q.clone(), x.k.clone(), x.v.clone(), Some(to_t(side.iter().map(|s| !s).collect())), x.bias.clone(), AttentionOptions::default()).unwrap();
         let c = dense_attention_reference(x.q.clone(), x.k.clone(), x.v.clone(), Some(to_t(side.clone())), x.bias.clone(), AttentionOptions::default()).unwrap();
-        let merged = merge_attention(a, c);
+        let merged = merge_attention(a, c).unwrap();
         let whole = brute_attention(&x.qv, &x.kv, &x.vv, &x.biasv, x.dims, 1.0 / (d as f64).sqrt(), |_, _, _| true);
         check(merged, whole)?;
     }

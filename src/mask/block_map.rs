@@ -175,7 +175,12 @@ impl BlockMap {
     }
 
     /// Is the pair of sequence positions `(q, k)` allowed for `head` under this map?
+    ///
+    /// # Panics
+    /// If `q` or `k` is not a position of the sequence.
     pub fn allows(&self, head: usize, q: usize, k: usize) -> bool {
+        let n = self.layout().seq_len();
+        assert!(q < n && k < n, "positions ({q}, {k}) outside a sequence of {n} tokens");
         let (qb, kb) = (self.block_of(q), self.block_of(k));
         match self.row(head, qb).find(|e| e.0 == kb) {
             None => false,

@@ -126,7 +126,9 @@ impl AttentionMask {
                 if !(radius.is_finite() && *radius > 0.0) {
                     return Err(DitAttentionError::Invalid(format!("CLEAR radius must be a positive number, got {radius}")));
                 }
-                Rule::Ball(radius * radius)
+                // Beyond the canvas diagonal every pair is in: cap there so no arithmetic overflows.
+                let diag2: f64 = dims.iter().map(|&l| ((l - 1) * (l - 1)) as f64).sum();
+                Rule::Ball((radius * radius).min(diag2 + 1.0))
             }
         };
         Ok(Self { layout, spec, rule })
@@ -219,7 +221,7 @@ impl AttentionMask {
                 let pad = r2.sqrt().ceil() as usize;
                 Box3 {
                     lo: [0, 1, 2].map(|d| q.lo[d].saturating_sub(pad)),
-                    hi: [0, 1, 2].map(|d| (q.hi[d] + pad).min(dims[d])),
+                    hi: [0, 1, 2].map(|d| q.hi[d].saturating_add(pad).min(dims[d])),
                 }
             }
             (Rule::Separable(_), None) => unreachable!("separable rules always have a head rule"),

@@ -47,7 +47,10 @@ impl Picture {
 
 /// Draws the map of `head` in a square of at most `max_side` pixels (small maps are scaled up to
 /// about `max_side` so each block is a visible square).
-pub fn draw_block_map(map: &BlockMap, head: usize, max_side: usize) -> Picture {
+pub fn draw_block_map(map: &BlockMap, head: usize, max_side: usize) -> Result<Picture> {
+    if head >= map.heads() {
+        return Err(DitAttentionError::Invalid(format!("head {head} but the block map has {} head(s)", map.heads())));
+    }
     let n = map.num_blocks();
     let max_side = max_side.max(1);
     // Blocks per pixel (downsampling) or pixels per block (upsampling).
@@ -77,5 +80,5 @@ pub fn draw_block_map(map: &BlockMap, head: usize, max_side: usize) -> Picture {
             }
         }
     }
-    Picture { width: side, height: side, rgb }
+    Ok(Picture { width: side, height: side, rgb })
 }

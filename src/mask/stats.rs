@@ -23,8 +23,10 @@ pub struct MaskStats {
     pub tile: [usize; 3],
     /// Token order of the video block.
     pub order: TokenOrder,
-    /// Block size (`None` for one block per tile).
-    pub block: Option<usize>,
+    /// Block size in tokens (the tile volume for one block per tile).
+    pub block: usize,
+    /// One block per tile (ragged edge tiles give shorter blocks).
+    pub per_tile: bool,
     /// Text tokens.
     pub text: usize,
     /// Number of per-head patterns.
@@ -78,9 +80,10 @@ impl MaskStats {
             tile: layout.tiling().tile().dims(),
             order: map.blocks().order(),
             block: match map.blocks().partition() {
-                BlockPartition::Uniform(b) => Some(b),
-                BlockPartition::PerTile => None,
+                BlockPartition::Uniform(b) => b,
+                BlockPartition::PerTile => layout.tiling().tile().volume(),
             },
+            per_tile: map.blocks().partition() == BlockPartition::PerTile,
             text: layout.text().len,
             heads,
             video_tokens: layout.video_len(),

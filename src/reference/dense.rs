@@ -57,7 +57,7 @@ pub(crate) fn attend<B: Backend>(
     }
     let max = scores.clone().max_dim(3);
     // A fully masked row has max = -inf; shifting by 0 instead keeps exp(-inf) = 0 and avoids NaN.
-    let shift = max.clone().mask_fill(max.is_inf(), 0.0);
+    let shift = max.clone().mask_fill(max.equal_elem(f64::NEG_INFINITY), 0.0);
     let p = (scores - shift.clone()).exp();
     let sum = p.clone().sum_dim(3);
     let safe_sum = sum.clone().mask_fill(sum.clone().equal_elem(0.0), 1.0);

@@ -168,11 +168,31 @@ pub fn swin_allows(window: [usize; 3], shift: [usize; 3], q: [usize; 3], k: [usi
 
 /// The spec's CLEAR predicate.
 pub fn clear_allows(radius: f64, q: [usize; 3], k: [usize; 3]) -> bool {
+    // In squares, as the spec's strict inequality reads for non-negative numbers.
     let d2: usize = (0..3).map(|d| q[d].abs_diff(k[d]).pow(2)).sum();
-    (d2 as f64).sqrt() < radius
+    (d2 as f64) < radius * radius
 }
 
 /// proptest settings: a fixed number of fresh cases, no regression files.
 pub fn cases(n: u32) -> proptest::test_runner::Config {
     proptest::test_runner::Config { cases: n, failure_persistence: None, ..Default::default() }
+}
+
+/// The spec's predicate of `spec` on sequence positions (`None` = text: always allowed).
+pub fn pattern_allows(
+    spec: &dit_attention::PatternSpec,
+    canvas: Canvas,
+    tile: TileShape,
+    head: usize,
+    q: Option<[usize; 3]>,
+    k: Option<[usize; 3]>,
+) -> bool {
+    use dit_attention::PatternSpec;
+    let (Some(q), Some(k)) = (q, k) else { return true };
+    match spec {
+        PatternSpec::Sta { windows } => sta_allows(canvas, tile, windows[if windows.len() == 1 { 0 } else { head }], q, k),
+        PatternSpec::Natten { window } | PatternSpec::TiledNatten { window } => natten_allows(canvas, *window, q, k),
+        PatternSpec::Swin { window, shift } => swin_allows(*window, *shift, q, k),
+        PatternSpec::Clear { radius } => clear_allows(*radius, q, k),
+    }
 }
