@@ -67,6 +67,14 @@ pub enum DitAttentionError {
         /// Shape found.
         got: Vec<usize>,
     },
+    /// The backend's kernel path cannot take this input (dtype, head dim).
+    #[error("not supported by the {path} path: {what}")]
+    Unsupported {
+        /// The kernel path (e.g. "portable CubeCL kernel on wgpu").
+        path: String,
+        /// What is not supported, with the values.
+        what: String,
+    },
     /// Any other invalid argument, with a message that names the values.
     #[error("{0}")]
     Invalid(String),

@@ -37,15 +37,24 @@
 //!   default dtype (burn keeps one default per device, shared by e.g. `NdArray<f32>` and
 //!   `NdArray<f64>`).
 
+pub mod attention;
 pub mod canvas;
 pub mod error;
 pub mod glue;
 pub mod mask;
 pub mod permutation;
+pub mod plan;
 pub mod reference;
 
 pub use canvas::{Canvas, TextPlacement, TextSpec, TileShape, Tiling, Token, TokenOrder, VideoLayout};
 pub use error::{DitAttentionError, Result};
 pub use mask::{AttentionMask, BlockKind, BlockMap, BlockPartition, MaskStats, PatternSpec};
 pub use permutation::{TokenPermutation, to_natural, to_tile_major};
+pub use attention::{
+    BlockSparseAttention, BlockSparseAttentionConfig, DenseAttention, DenseAttentionConfig, SlidingTileAttention,
+    SlidingTileAttentionConfig, VideoAttention, VideoAttentionConfig, attention_with_plan, block_sparse_attention,
+    dense_attention, sliding_tile_attention,
+};
+pub use glue::SparseAttentionBackend;
+pub use plan::KernelPlan;
 pub use reference::{AttentionOptions, AttentionOutput};

@@ -5,11 +5,13 @@
 //! per-row log-sum-exp (natural log, of the scaled and biased scores). A row with no allowed key
 //! yields an output of 0 and an LSE of `-inf`.
 
+mod backward;
 mod block_sparse;
 mod dense;
 mod merge;
 mod sta;
 
+pub use backward::{AttentionGrads, attention_backward_reference};
 pub use block_sparse::block_sparse_attention_reference;
 pub use dense::dense_attention_reference;
 pub use merge::merge_attention;

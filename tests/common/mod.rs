@@ -2,6 +2,7 @@
 //! from the spec, independent of the crate's geometry code.
 #![allow(dead_code)]
 
+pub mod engine;
 pub mod strategies;
 
 use burn::tensor::{Tensor, TensorCreationOptions, TensorData, backend::Backend};

@@ -5,18 +5,19 @@
 
 use cubecl::prelude::*;
 
-/// "Minus infinity" as the kernel writes it (WGSL has no infinity literal); the host maps LSE
-/// values at or below it to `-inf`.
+/// The running maximum's starting value: WGSL has no infinity literal, and `exp(m - m_new)` must
+/// stay finite before the first key arrives. Rows with no key get the `empty_lse` argument.
 pub const NEG_BIG: f32 = -1.0e30;
 
 /// Forward pass over a block map given as index arrays.
 ///
-/// Layouts (row-major, contiguous): `q [bh, n, head_dim]`, `k [bh, n, head_dim]`,
-/// `v [bh, n, value_dim]`, `out [bh, n, value_dim]`, `lse [bh, n]`; `bias` holds one value per key,
-/// addressed `b * bias_b_stride + h * bias_h_stride + key` (ignored unless `has_bias`).
-/// `block_starts[i]..block_starts[i + 1]` are the positions of block `i`; map row
-/// `r = (map_heads == 1 ? 0 : h) * n_blocks + qb` visits `indices[r * max_count + e]` for
-/// `e < counts[r]`. The cube grid is `(n_blocks * chunks_per_block, bh)`.
+/// Layouts (row-major, contiguous): `q [bh, nq, head_dim]`, `k [bh, nk, head_dim]`,
+/// `v [bh, nk, value_dim]`, `out [bh, nq, value_dim]`, `lse [bh, nq]`; `bias` holds one value per
+/// key, addressed `b * bias_b_stride + h * bias_h_stride + key` (ignored unless `has_bias`).
+/// Query block `i` is rows `q_starts[i]..q_starts[i + 1]`, key block `j` keys
+/// `k_starts[j]..k_starts[j + 1]`; map row `r = (map_heads == 1 ? 0 : h) * nqb + qb` visits key
+/// blocks `indices[r * max_count + e]` for `e < counts[r]`. A row with no key gets output 0 and
+/// LSE `empty_lse` (the host passes `-inf`). The cube grid is `(nqb * chunks_per_block, bh)`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn block_sparse_forward_portable<F: Float>(
@@ -24,12 +25,14 @@ pub fn block_sparse_forward_portable<F: Float>(
     k: &Array<F>,
     v: &Array<F>,
     bias: &Array<F>,
-    block_starts: &Array<u32>,
+    q_starts: &Array<u32>,
+    k_starts: &Array<u32>,
     counts: &Array<u32>,
     indices: &Array<u32>,
     out: &mut Array<F>,
     lse: &mut Array<f32>,
-    seq_len: u32,
+    q_len: u32,
+    k_len: u32,
     heads: u32,
     map_heads: u32,
     max_count: u32,
@@ -37,25 +40,27 @@ pub fn block_sparse_forward_portable<F: Float>(
     bias_b_stride: u32,
     bias_h_stride: u32,
     scale: f32,
+    empty_lse: f32,
     #[comptime] head_dim: usize,
     #[comptime] value_dim: usize,
     #[comptime] rows_per_cube: usize,
     #[comptime] tile_k: usize,
     #[comptime] has_bias: bool,
 ) {
-    let n = seq_len as usize;
+    let nq = q_len as usize;
+    let nk = k_len as usize;
     let bh = CUBE_POS_Y as usize;
     let h = bh % heads as usize;
     let b = bh / heads as usize;
     let qb = (CUBE_POS_X / chunks_per_block) as usize;
     let chunk = (CUBE_POS_X % chunks_per_block) as usize;
-    let n_blocks = block_starts.len() - 1;
+    let n_q_blocks = q_starts.len() - 1;
     let mut map_row = qb;
     if map_heads != 1 {
-        map_row = h * n_blocks + qb;
+        map_row = h * n_q_blocks + qb;
     }
-    let q_end = block_starts[qb + 1] as usize;
-    let row = block_starts[qb] as usize + chunk * rows_per_cube + UNIT_POS as usize;
+    let q_end = q_starts[qb + 1] as usize;
+    let row = q_starts[qb] as usize + chunk * rows_per_cube + UNIT_POS as usize;
     let active = row < q_end;
 
     // The query row, pre-scaled, in registers.
@@ -63,7 +68,7 @@ pub fn block_sparse_forward_portable<F: Float>(
     for x in 0..head_dim {
         let mut val = 0.0f32;
         if active {
-            val = f32::cast_from(q[(bh * n + row) * head_dim + x]) * scale;
+            val = f32::cast_from(q[(bh * nq + row) * head_dim + x]) * scale;
         }
         q_reg[x] = val;
     }
@@ -83,8 +88,8 @@ pub fn block_sparse_forward_portable<F: Float>(
     let count = counts[map_row] as usize;
     for e in 0..count {
         let kb = indices[map_row * max_count as usize + e] as usize;
-        let k_start = block_starts[kb] as usize;
-        let k_end = block_starts[kb + 1] as usize;
+        let k_start = k_starts[kb] as usize;
+        let k_end = k_starts[kb + 1] as usize;
         let n_tiles = (k_end - k_start).div_ceil(tile_k);
         for t in 0..n_tiles {
             let kt = k_start + t * tile_k;
@@ -95,7 +100,7 @@ pub fn block_sparse_forward_portable<F: Float>(
                     let key = kt + idx / head_dim;
                     let mut val = F::new(0.0);
                     if key < k_end {
-                        val = k[(bh * n + key) * head_dim + idx % head_dim];
+                        val = k[(bh * nk + key) * head_dim + idx % head_dim];
                     }
                     k_tile[idx] = val;
                 }
@@ -106,7 +111,7 @@ pub fn block_sparse_forward_portable<F: Float>(
                     let key = kt + idx / value_dim;
                     let mut val = F::new(0.0);
                     if key < k_end {
-                        val = v[(bh * n + key) * value_dim + idx % value_dim];
+                        val = v[(bh * nk + key) * value_dim + idx % value_dim];
                     }
                     v_tile[idx] = val;
                 }
@@ -156,17 +161,17 @@ pub fn block_sparse_forward_portable<F: Float>(
     }
 
     if active {
-        let out_base = (bh * n + row) * value_dim;
+        let out_base = (bh * nq + row) * value_dim;
         if l > 0.0 {
             for x in 0..value_dim {
                 out[out_base + x] = F::cast_from(acc[x] / l);
             }
-            lse[bh * n + row] = m + f32::ln(l);
+            lse[bh * nq + row] = m + f32::ln(l);
         } else {
             for x in 0..value_dim {
                 out[out_base + x] = F::new(0.0);
             }
-            lse[bh * n + row] = f32::new(NEG_BIG);
+            lse[bh * nq + row] = empty_lse;
         }
     }
 }

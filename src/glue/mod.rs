@@ -1,4 +1,17 @@
-//! Everything that depends on burn's API details lives here, so that a burn upgrade touches one file.
+//! Everything that depends on burn's API details lives here, so that a burn upgrade touches one
+//! module: tensor helpers, and the [`SparseAttentionBackend`] extension trait with its
+//! implementations for the CubeCL backends (plain and fused), `Autodiff`, and the CPU backends.
+
+mod autodiff;
+mod backend;
+mod cpu;
+#[cfg(feature = "cube")]
+mod cube;
+#[cfg(feature = "cube")]
+mod fusion;
+
+pub use backend::{SparseAttentionBackend, reference_forward};
+pub(crate) use backend::{unwrap, wrap};
 
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 

@@ -1,0 +1,77 @@
+//! One configuration enum, one module enum: swap a DiT's attention by changing its config.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::Tensor;
+
+use super::block_sparse::{BlockSparseAttention, BlockSparseAttentionConfig};
+use super::dense::{DenseAttention, DenseAttentionConfig};
+use super::sta::{SlidingTileAttention, SlidingTileAttentionConfig};
+
+use crate::glue::SparseAttentionBackend;
+use crate::reference::AttentionOutput;
+
+/// Which attention a video DiT uses.
+#[derive(Config, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum VideoAttentionConfig {
+    /// Dense attention.
+    Dense(DenseAttentionConfig),
+    /// Sliding Tile Attention.
+    SlidingTile(SlidingTileAttentionConfig),
+    /// A local pattern's block map.
+    BlockSparse(BlockSparseAttentionConfig),
+}
+
+impl VideoAttentionConfig {
+    /// Validates the config and prepares the module.
+    pub fn init(&self) -> crate::Result<VideoAttention> {
+        Ok(match self {
+            VideoAttentionConfig::Dense(c) => VideoAttention::Dense(c.init()?),
+            VideoAttentionConfig::SlidingTile(c) => VideoAttention::SlidingTile(c.init()?),
+            VideoAttentionConfig::BlockSparse(c) => VideoAttention::BlockSparse(c.init()?),
+        })
+    }
+}
+
+/// The attention core of a video DiT block, one of the engine's variants.
+#[derive(Module, Debug, Clone)]
+#[non_exhaustive]
+pub enum VideoAttention {
+    /// Dense attention.
+    Dense(DenseAttention),
+    /// Sliding Tile Attention.
+    SlidingTile(SlidingTileAttention),
+    /// A local pattern's block map.
+    BlockSparse(BlockSparseAttention),
+}
+
+impl VideoAttention {
+    /// Attention output.
+    ///
+    /// # Shapes
+    /// - q, k `[b, h, n, d]`, v `[b, h, n, dv]` (dense: k and v may have another length)
+    /// - output `[b, h, n, dv]`
+    pub fn forward<B: SparseAttentionBackend>(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> crate::Result<Tensor<B, 4>> {
+        Ok(self.forward_with(q, k, v, None)?.output)
+    }
+
+    /// Output and LSE, with an optional per-key bias.
+    ///
+    /// # Shapes
+    /// - q, k `[b, h, n, d]`, v `[b, h, n, dv]`, bias `[b or 1, h or 1, n]`
+    /// - output `[b, h, n, dv]`, lse `[b, h, n]`
+    pub fn forward_with<B: SparseAttentionBackend>(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        bias: Option<Tensor<B, 3>>,
+    ) -> crate::Result<AttentionOutput<B>> {
+        match self {
+            VideoAttention::Dense(m) => m.forward_with(q, k, v, bias),
+            VideoAttention::SlidingTile(m) => m.forward_with(q, k, v, bias),
+            VideoAttention::BlockSparse(m) => m.forward_with(q, k, v, bias),
+        }
+    }
+}

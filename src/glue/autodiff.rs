@@ -1,0 +1,126 @@
+//! `Autodiff<B>`: the forward runs `B`'s kernel; gradients come from the reference composite
+//! ([`crate::reference::attention_backward_reference`]) until backward kernels replace it.
+
+use std::sync::Arc;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::{DType, backend::Backend, ops::FloatTensor};
+
+use super::backend::{SparseAttentionBackend, unwrap, wrap};
+use crate::error::Result;
+use crate::plan::KernelPlan;
+use crate::reference::attention_backward_reference;
+
+/// What the backward needs, shared by the output's and the LSE's graph nodes.
+#[derive(Debug)]
+struct Saved<B: Backend> {
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    out: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    plan: KernelPlan,
+}
+
+/// Which forward output a graph node stands for.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Output,
+    Lse,
+}
+
+#[derive(Debug)]
+struct AttentionBackward(Which);
+
+impl<B: Backend, const N: usize> Backward<B, N> for AttentionBackward {
+    type State = Arc<Saved<B>>;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let s = &ops.state;
+        let (d_out, d_lse) = match self.0 {
+            Which::Output => (Some(wrap::<B, 4>(grad)), None),
+            Which::Lse => (None, Some(wrap::<B, 3>(grad))),
+        };
+        let g = attention_backward_reference(
+            wrap::<B, 4>(s.q.clone()),
+            wrap::<B, 4>(s.k.clone()),
+            wrap::<B, 4>(s.v.clone()),
+            s.bias.clone().map(wrap::<B, 3>),
+            &s.plan,
+            wrap::<B, 4>(s.out.clone()),
+            wrap::<B, 3>(s.lse.clone()),
+            d_out,
+            d_lse,
+        );
+        let mut parent_grads = vec![unwrap(g.dq), unwrap(g.dk), unwrap(g.dv)];
+        parent_grads.extend(g.dbias.map(unwrap));
+        for (parent, grad) in ops.parents.iter().zip(parent_grads) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// Records one forward output as a graph node over `N` parents.
+fn record<B: Backend, C: CheckpointStrategy, const N: usize>(
+    parents: [&FloatTensor<Autodiff<B, C>>; N],
+    which: Which,
+    saved: &Arc<Saved<B>>,
+    value: FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match AttentionBackward(which).prepare::<C>(parents.map(|p| p.node.clone())).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(saved.clone(), value),
+        OpsKind::UnTracked(prep) => prep.finish(value),
+    }
+}
+
+impl<B: SparseAttentionBackend, C: CheckpointStrategy> SparseAttentionBackend for Autodiff<B, C> {
+    fn sparse_attention_support(device: &Self::Device, dtype: DType, head_dim: usize, value_dim: usize) -> Result<()> {
+        B::sparse_attention_support(device, dtype, head_dim, value_dim)
+    }
+
+    fn sparse_attention_path(device: &Self::Device) -> &'static str {
+        B::sparse_attention_path(device)
+    }
+
+    fn sparse_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        plan: &KernelPlan,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (out, lse) = B::sparse_attention_forward(
+            q.primitive.clone(),
+            k.primitive.clone(),
+            v.primitive.clone(),
+            bias.as_ref().map(|b| b.primitive.clone()),
+            plan,
+        );
+        let saved = Arc::new(Saved {
+            q: q.primitive.clone(),
+            k: k.primitive.clone(),
+            v: v.primitive.clone(),
+            bias: bias.as_ref().map(|b| b.primitive.clone()),
+            out: out.clone(),
+            lse: lse.clone(),
+            plan: plan.clone(),
+        });
+        match &bias {
+            None => (
+                record::<B, C, 3>([&q, &k, &v], Which::Output, &saved, out),
+                record::<B, C, 3>([&q, &k, &v], Which::Lse, &saved, lse),
+            ),
+            Some(b) => (
+                record::<B, C, 4>([&q, &k, &v, b], Which::Output, &saved, out),
+                record::<B, C, 4>([&q, &k, &v, b], Which::Lse, &saved, lse),
+            ),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The extension trait every backend implements: a kernel where there is one (CubeCL backends,
+//! fused or not), the burn-tensor references elsewhere.
+
+use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensor};
+
+use crate::error::Result;
+use crate::plan::KernelPlan;
+use crate::reference::{AttentionOptions, block_sparse_attention_reference, dense_attention_reference};
+
+/// Block-sparse attention on a burn backend.
+///
+/// Callers use the functions of [`crate::attention`], which validate every input first; the
+/// methods here assume valid shapes (`q [b, h, nq, d]`, `k [b, h, nk, d]`, `v [b, h, nk, dv]`,
+/// `bias [b or 1, h or 1, nk]` in q's dtype, a plan for `nq` x `nk`).
+pub trait SparseAttentionBackend: Backend {
+    /// Checks that this backend's path for `device` takes the dtype and head dims.
+    fn sparse_attention_support(device: &Self::Device, dtype: DType, head_dim: usize, value_dim: usize) -> Result<()> {
+        let _ = (device, dtype, head_dim, value_dim);
+        Ok(())
+    }
+
+    /// A short name of the path that runs (for benchmarks and error messages).
+    fn sparse_attention_path(device: &Self::Device) -> &'static str {
+        let _ = device;
+        "burn-tensor reference"
+    }
+
+    /// Forward pass: `(output [b, h, nq, dv], lse [b, h, nq])`; the LSE is `-inf` for a row with
+    /// no key.
+    fn sparse_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        plan: &KernelPlan,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference_forward::<Self>(q, k, v, bias, plan)
+    }
+}
+
+/// The forward through the burn-tensor references (any backend).
+pub fn reference_forward<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    plan: &KernelPlan,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (q, k, v) = (wrap::<B, 4>(q), wrap::<B, 4>(k), wrap::<B, 4>(v));
+    let bias = bias.map(wrap::<B, 3>);
+    let options = AttentionOptions::with_scale(plan.scale());
+    let result = match plan.map() {
+        Some(map) => block_sparse_attention_reference(q, k, v, map, bias, options),
+        None => dense_attention_reference(q, k, v, None, bias, options),
+    }
+    .expect("inputs are validated by crate::attention before they reach a backend");
+    (result.output.into_primitive().tensor(), result.lse.into_primitive().tensor())
+}
+
+/// A float primitive as a tensor.
+pub(crate) fn wrap<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+/// A tensor's float primitive.
+pub(crate) fn unwrap<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
+    x.into_primitive().tensor()
+}

@@ -1,0 +1,102 @@
+//! CubeCL backends (`CubeBackend<R, ..>`: CUDA, wgpu): the engine's kernels.
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous, tensor::CubeTensor};
+use dit_attention_kernels::attention::{BlockMapArrays, ForwardProblem, KernelElem, forward_portable_elem};
+
+use super::backend::{SparseAttentionBackend, reference_forward, unwrap, wrap};
+use crate::error::{DitAttentionError, Result};
+use crate::plan::KernelPlan;
+
+/// Largest head dim of the portable kernel (one query row lives in a unit's registers).
+pub(crate) const PORTABLE_MAX_HEAD_DIM: usize = 256;
+
+fn kernel_elem(dtype: DType) -> Option<KernelElem> {
+    match dtype {
+        DType::F32 => Some(KernelElem::F32),
+        DType::F16 => Some(KernelElem::F16),
+        DType::BF16 => Some(KernelElem::BF16),
+        _ => None,
+    }
+}
+
+impl<R, F, I, BT> SparseAttentionBackend for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn sparse_attention_support(device: &Self::Device, dtype: DType, head_dim: usize, value_dim: usize) -> Result<()> {
+        let path = || "portable CubeCL kernel".to_string();
+        let Some(elem) = kernel_elem(dtype) else {
+            return Err(DitAttentionError::Unsupported { path: path(), what: format!("dtype {dtype:?} (f32, f16 and bf16 are)") });
+        };
+        let client = R::client(device);
+        if !elem.supported(&client) {
+            return Err(DitAttentionError::Unsupported { path: path(), what: format!("dtype {dtype:?}: the runtime does not report it") });
+        }
+        for (what, d) in [("head dim", head_dim), ("value head dim", value_dim)] {
+            if d > PORTABLE_MAX_HEAD_DIM {
+                return Err(DitAttentionError::Unsupported {
+                    path: path(),
+                    what: format!("{what} {d} (at most {PORTABLE_MAX_HEAD_DIM})"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn sparse_attention_path(_device: &Self::Device) -> &'static str {
+        "portable CubeCL kernel"
+    }
+
+    fn sparse_attention_forward(
+        q: CubeTensor<R>,
+        k: CubeTensor<R>,
+        v: CubeTensor<R>,
+        bias: Option<CubeTensor<R>>,
+        plan: &KernelPlan,
+    ) -> (CubeTensor<R>, CubeTensor<R>) {
+        let elem = kernel_elem(q.dtype);
+        // Partial blocks need an in-block mask the kernel does not have yet: the reference is exact.
+        // The LSE is f32 on this backend whichever path runs (the fusion layer declares it so).
+        if plan.has_partial() || elem.is_none() {
+            let (out, lse) = reference_forward::<Self>(q, k, v, bias, plan);
+            return (out, unwrap(wrap::<Self, 3>(lse).cast(DType::F32)));
+        }
+        let elem = elem.expect("checked above");
+        let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+        let qs = q.meta.shape().clone();
+        let (batch, heads, q_len, head_dim) = (qs[0], qs[1], qs[2], qs[3]);
+        let k_len = k.meta.shape()[2];
+        let value_dim = v.meta.shape()[3];
+        let bias = bias.map(|b| {
+            let b = into_contiguous(b);
+            let bs = b.meta.shape().clone();
+            let batch_stride = if bs[0] == 1 { 0 } else { bs[1] * k_len };
+            let head_stride = if bs[1] == 1 { 0 } else { k_len };
+            (b.handle.clone(), batch_stride, head_stride)
+        });
+        let map = BlockMapArrays {
+            q_starts: plan.q_starts(),
+            k_starts: plan.k_starts(),
+            counts: plan.counts(),
+            indices: plan.indices(),
+            max_count: plan.max_count().max(1),
+            map_heads: plan.map_heads(),
+        };
+        let problem = ForwardProblem { batch, heads, q_len, k_len, head_dim, value_dim, scale: plan.scale() as f32 };
+        let result =
+            forward_portable_elem::<R>(&q.client, elem, q.handle.clone(), k.handle.clone(), v.handle.clone(), bias, map, problem);
+        let out = CubeTensor::new_contiguous(
+            q.client.clone(),
+            q.device.clone(),
+            Shape::from([batch, heads, q_len, value_dim]),
+            result.out,
+            q.dtype,
+        );
+        let lse = CubeTensor::new_contiguous(q.client.clone(), q.device.clone(), Shape::from([batch, heads, q_len]), result.lse, DType::F32);
+        (out, lse)
+    }
+}
