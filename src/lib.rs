@@ -4,14 +4,19 @@
 //! neighbourhood-style local patterns, and (in later releases) token merging and smart attention,
 //! all on one block-sparse flash-attention engine.
 //!
-//! This release holds the foundation every kernel builds on:
+//! - [`attention`]: the public API: `dense_attention`, `block_sparse_attention`,
+//!   `sliding_tile_attention`, their modules and the swappable [`VideoAttentionConfig`], on every
+//!   backend through [`SparseAttentionBackend`] (the CubeCL kernel on `CubeBackend` and `Fusion`,
+//!   the references elsewhere, `Autodiff` over either);
+//! - [`plan`]: the kernel contract (counts and key-block indices per query block);
 //! - [`canvas`]: canvases `T x H x W`, tiles, text placement, token orders;
 //! - [`permutation`]: the exact natural <-> tile-major permutation (ragged canvases included), as
 //!   index arrays and as burn ops;
-//! - [`mask`]: mask geometry in plain Rust: token predicates, block maps (the engine's contract),
-//!   exact sparsity and block statistics, pictures of block maps;
-//! - [`reference`]: reference attention from burn tensor ops on any backend (dense with bias and
-//!   LSE, block-map attention, STA, LSE merge): the oracles of every kernel.
+//! - [`mask`]: mask geometry in plain Rust: token predicates, block maps, exact sparsity and
+//!   block statistics, pictures of block maps;
+//! - [`reference`](mod@reference): reference attention from burn tensor ops on any backend (dense with bias and
+//!   LSE, block-map attention, STA, LSE merge, backward): the oracles of every kernel;
+//! - [`glue`]: everything that depends on burn's API details.
 //!
 //! ```
 //! use dit_attention::{AttentionMask, BlockPartition, Canvas, MaskStats, PatternSpec, TextSpec, TileShape,
@@ -33,6 +38,7 @@
 //!   is one partial tile. NATTEN and Swin windows larger than the canvas are errors; STA windows
 //!   may exceed the tile count (the whole dimension, as the spec says).
 //! - Canvases hold fewer than 2^31 tokens (kernels index with u32).
+//! - The LSE is f32 on the kernel backends and in the input dtype on the reference backends.
 //! - The references create every tensor in the dtype of their inputs, never in the device's
 //!   default dtype (burn keeps one default per device, shared by e.g. `NdArray<f32>` and
 //!   `NdArray<f64>`).

@@ -1,9 +1,10 @@
 //! CubeCL kernels of `dit-attention` (no burn dependency).
 //!
-//! The block-sparse flash-attention engine: one kernel source for every CubeCL runtime. This
-//! release has the portable path (plain loads, shared memory, f32 accumulation) that runs on
-//! wgpu, Mesa lavapipe included; the tensor-core path for CUDA comes next. The contract it reads
-//! is the root crate's block map (`dit_attention::mask::BlockMap::to_index_arrays`).
+//! The block-sparse flash-attention engine for every CubeCL runtime: a tensor-core path (cmma,
+//! f16/bf16) where the runtime reports cooperative matrices, and a portable path (plain loads,
+//! shared memory, f32 accumulation) everywhere else, Mesa lavapipe included
+//! ([`attention::ForwardPath::choose`]). The contract both read is the root crate's kernel plan
+//! (counts and key-block indices per query block, `dit_attention::KernelPlan`).
 
 pub mod attention;
 

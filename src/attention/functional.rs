@@ -87,6 +87,7 @@ pub fn attention_with_plan<B: SparseAttentionBackend>(
         }
     }
     B::sparse_attention_support(&q.device(), dtype, d, dv)?;
+    B::sparse_attention_check_plan(&q.device(), plan, q.dims()[0] * heads)?;
     let bias = bias.map(|b| unwrap(b.cast(dtype)));
     let (out, lse) = B::sparse_attention_forward(unwrap(q), unwrap(k), unwrap(v), bias, plan);
     Ok(AttentionOutput { output: wrap(out), lse: wrap(lse) })

@@ -85,8 +85,12 @@ impl<B: SparseAttentionBackend, C: CheckpointStrategy> SparseAttentionBackend fo
         B::sparse_attention_support(device, dtype, head_dim, value_dim)
     }
 
-    fn sparse_attention_path(device: &Self::Device) -> &'static str {
-        B::sparse_attention_path(device)
+    fn sparse_attention_check_plan(device: &Self::Device, plan: &KernelPlan, batch_heads: usize) -> Result<()> {
+        B::sparse_attention_check_plan(device, plan, batch_heads)
+    }
+
+    fn sparse_attention_path(device: &Self::Device, dtype: DType, head_dim: usize, value_dim: usize) -> &'static str {
+        B::sparse_attention_path(device, dtype, head_dim, value_dim)
     }
 
     fn sparse_attention_forward(

@@ -19,9 +19,16 @@ pub trait SparseAttentionBackend: Backend {
         Ok(())
     }
 
-    /// A short name of the path that runs (for benchmarks and error messages).
-    fn sparse_attention_path(device: &Self::Device) -> &'static str {
-        let _ = device;
+    /// Checks that the kernel can take this plan for `batch_heads` (batch x heads) rows of work
+    /// (launch-grid limits).
+    fn sparse_attention_check_plan(device: &Self::Device, plan: &KernelPlan, batch_heads: usize) -> Result<()> {
+        let _ = (device, plan, batch_heads);
+        Ok(())
+    }
+
+    /// A short name of the path that runs for these inputs (for benchmarks and logs).
+    fn sparse_attention_path(device: &Self::Device, dtype: DType, head_dim: usize, value_dim: usize) -> &'static str {
+        let _ = (device, dtype, head_dim, value_dim);
         "burn-tensor reference"
     }
 

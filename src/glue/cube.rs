@@ -2,11 +2,14 @@
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous, tensor::CubeTensor};
-use dit_attention_kernels::attention::{BlockMapArrays, ForwardProblem, KernelElem, forward_portable_elem};
+use dit_attention_kernels::attention::{BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, TC_ROWS, forward_elem};
 
 use super::backend::{SparseAttentionBackend, reference_forward, unwrap, wrap};
 use crate::error::{DitAttentionError, Result};
 use crate::plan::KernelPlan;
+
+/// Largest launch-grid dimension every runtime takes.
+const GRID_LIMIT: usize = 65_535;
 
 /// Largest head dim of the portable kernel (one query row lives in a unit's registers).
 pub(crate) const PORTABLE_MAX_HEAD_DIM: usize = 256;
@@ -28,7 +31,7 @@ where
     BT: BoolElement,
 {
     fn sparse_attention_support(device: &Self::Device, dtype: DType, head_dim: usize, value_dim: usize) -> Result<()> {
-        let path = || "portable CubeCL kernel".to_string();
+        let path = || "CubeCL kernel".to_string();
         let Some(elem) = kernel_elem(dtype) else {
             return Err(DitAttentionError::Unsupported { path: path(), what: format!("dtype {dtype:?} (f32, f16 and bf16 are)") });
         };
@@ -47,8 +50,28 @@ where
         Ok(())
     }
 
-    fn sparse_attention_path(_device: &Self::Device) -> &'static str {
-        "portable CubeCL kernel"
+    fn sparse_attention_check_plan(_device: &Self::Device, plan: &KernelPlan, batch_heads: usize) -> Result<()> {
+        // One cube per (query block, chunk of the smallest row count of any path) and per
+        // (batch, head); grid dimensions are limited to 65,535 on some runtimes.
+        let largest = plan.q_starts().windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
+        let cubes = (plan.q_starts().len() - 1) * largest.div_ceil(TC_ROWS.min(64)).max(1);
+        if cubes > GRID_LIMIT || batch_heads > GRID_LIMIT {
+            return Err(DitAttentionError::Unsupported {
+                path: "CubeCL kernel".into(),
+                what: format!(
+                    "{cubes} query cubes ({} query blocks, the largest of {largest} rows) x {batch_heads} batch-heads: each must be at most {GRID_LIMIT}",
+                    plan.q_starts().len() - 1
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn sparse_attention_path(device: &Self::Device, dtype: DType, head_dim: usize, value_dim: usize) -> &'static str {
+        match kernel_elem(dtype) {
+            Some(elem) => ForwardPath::choose(&R::client(device), elem, head_dim, value_dim).name(),
+            None => "burn-tensor reference",
+        }
     }
 
     fn sparse_attention_forward(
@@ -87,8 +110,9 @@ where
             map_heads: plan.map_heads(),
         };
         let problem = ForwardProblem { batch, heads, q_len, k_len, head_dim, value_dim, scale: plan.scale() as f32 };
-        let result =
-            forward_portable_elem::<R>(&q.client, elem, q.handle.clone(), k.handle.clone(), v.handle.clone(), bias, map, problem);
+        let path = ForwardPath::choose(&q.client, elem, head_dim, value_dim);
+        let (qh, kh, vh) = (q.handle.clone(), k.handle.clone(), v.handle.clone());
+        let result = forward_elem::<R>(&q.client, path, elem, qh, kh, vh, bias, map, problem);
         let out = CubeTensor::new_contiguous(
             q.client.clone(),
             q.device.clone(),

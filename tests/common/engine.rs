@@ -216,3 +216,191 @@ pub fn check_sta<BK: SparseAttentionBackend>(c: &StaCase, device: &BK::Device, d
 
 /// The block partition STA uses (for tests that build the map themselves).
 pub const STA_PARTITION: BlockPartition = BlockPartition::PerTile;
+
+/// Gradients through `Autodiff<BK>` (kernel forward, reference-composite backward) in f32
+/// against burn's autodiff through the reference on f64 ndarray. The yardstick is burn's autodiff
+/// through the reference on `BK` itself in f32 (on CUDA its matmuls may run in TF32).
+#[cfg(feature = "ndarray")]
+pub fn check_autodiff<BK>(c: &StaCase, device: &BK::Device) -> Result<(), TestCaseError>
+where
+    BK: burn::tensor::backend::AutodiffBackend + SparseAttentionBackend,
+{
+    use burn::backend::Autodiff;
+    use dit_attention::reference::block_sparse_attention_reference;
+    use dit_attention::{AttentionMask, AttentionOptions, BlockMap, VideoLayout, block_sparse_attention};
+
+    fn grads<A: burn::tensor::backend::AutodiffBackend + SparseAttentionBackend>(
+        c: &StaCase,
+        map: &BlockMap,
+        shape: [usize; 5],
+        device: &A::Device,
+        dtype: DType,
+        engine: bool,
+    ) -> Vec<Vec<f64>> {
+        let x = inputs::<A>(c.seed, shape, c.bias, device, dtype);
+        let (q, k, v) = (x.q.require_grad(), x.k.require_grad(), x.v.require_grad());
+        let bias = x.bias.map(|t| t.require_grad());
+        let options = AttentionOptions::default();
+        let r = if engine {
+            block_sparse_attention(q.clone(), k.clone(), v.clone(), map, bias.clone(), options).unwrap()
+        } else {
+            block_sparse_attention_reference(q.clone(), k.clone(), v.clone(), map, bias.clone(), options).unwrap()
+        };
+        let w = Tensor::<A, 4>::ones(r.output.dims(), (device, dtype)).mul_scalar(0.5);
+        let loss = (r.output * w).sum() + r.lse.cast(dtype).sum();
+        let g = loss.backward();
+        let mut out = vec![values(q.grad(&g).unwrap()), values(k.grad(&g).unwrap()), values(v.grad(&g).unwrap())];
+        out.extend(bias.map(|t| values(t.grad(&g).unwrap())));
+        out
+    }
+
+    let layout = VideoLayout::new(c.canvas, c.tile, c.text).unwrap();
+    let map = BlockMap::from_mask(&AttentionMask::new(layout, c.spec()).unwrap(), TokenOrder::TileMajor, STA_PARTITION).unwrap();
+    let shape = [c.batch, c.heads, c.seq_len(), 16, 8];
+    let got = grads::<BK>(c, &map, shape, device, DType::F32, true);
+    let yardstick = grads::<BK>(c, &map, shape, device, DType::F32, false);
+    let want = grads::<Autodiff<super::B64>>(c, &map, shape, &Default::default(), DType::F64, false);
+    for (i, name) in ["q", "k", "v", "bias"].iter().enumerate().take(want.len()) {
+        let err = super::rel_err(&got[i], &want[i]);
+        let bound = 8.0 * super::rel_err(&yardstick[i], &want[i]).max(1e-6);
+        prop_assert!(err <= bound, "gradient of {}: relative error {} > bound {}", name, err, bound);
+    }
+    Ok(())
+}
+
+/// Dense attention with different query and key lengths and a bias, against the f64 oracle.
+pub fn check_dense_cross<BK: SparseAttentionBackend>(device: &BK::Device) {
+    use dit_attention::{AttentionOptions, dense_attention};
+    let (b, h, nq, nk, d, dv) = (2, 2, 70, 300, 64, 64);
+    let x = inputs::<BK>(5, [b, h, nk, d, dv], true, device, DType::F32);
+    let q = x.q.clone().narrow(2, 0, nq);
+    let qv: Vec<f64> = values(q.clone());
+    let r = dense_attention(q, x.k, x.v, x.bias, AttentionOptions::default()).unwrap();
+    let scale = 1.0 / (d as f64).sqrt();
+    let (want_o, want_l) = brute_attention(&qv, &x.kv, &x.vv, &x.biasv, [b, h, nq, nk, d, dv], scale, |_, _, _| true);
+    assert!(max_abs_err(&values(r.output), &want_o) < 1e-4);
+    assert!(max_abs_err(&values(r.lse), &want_l) < 1e-4);
+}
+
+/// A natural-order NATTEN map has partial blocks: the kernel backends hand it to the exact
+/// reference, which must agree with the oracle.
+pub fn check_partial_fallback<BK: SparseAttentionBackend>(device: &BK::Device) {
+    use dit_attention::{AttentionMask, AttentionOptions, BlockMap, VideoLayout, block_sparse_attention};
+    let canvas = Canvas::new(2, 5, 6).unwrap();
+    let tile = TileShape::new(1, 2, 3).unwrap();
+    let text = TextSpec::before(4);
+    let layout = VideoLayout::new(canvas, tile, text).unwrap();
+    let spec = PatternSpec::Natten { window: [1, 3, 3] };
+    let map = BlockMap::from_mask(&AttentionMask::new(layout, spec.clone()).unwrap(), TokenOrder::Natural, BlockPartition::Uniform(8))
+        .unwrap();
+    let n = layout.seq_len();
+    let shape = [1, 2, n, 64, 64];
+    let x = inputs::<BK>(9, shape, false, device, DType::F32);
+    let (q2, k2, v2) = (x.q.clone(), x.k.clone(), x.v.clone());
+    let r = block_sparse_attention(x.q, x.k, x.v, &map, None, AttentionOptions::default()).unwrap();
+    let toks = brute_tokens(canvas, tile, text, TokenOrder::Natural);
+    let allowed = |h: usize, i: usize, j: usize| pattern_allows(&spec, canvas, tile, h, toks[i], toks[j]);
+    let scale = 1.0 / 8.0;
+    let (want, _) = brute_attention(&x.qv, &x.kv, &x.vv, &[], [1, 2, n, n, 64, 64], scale, allowed);
+    // The yardstick: the reference itself on this backend (its matmuls may run in TF32 on CUDA).
+    // A kernel that ignored the partial blocks' masks would be off by O(1).
+    let yardstick = dit_attention::reference::block_sparse_attention_reference(
+        q2,
+        k2,
+        v2,
+        &map,
+        None,
+        AttentionOptions::default(),
+    )
+    .unwrap();
+    let bound = 8.0 * max_abs_err(&values(yardstick.output), &want).max(1e-6);
+    let err = max_abs_err(&values(r.output), &want);
+    assert!(err <= bound, "error {err} > bound {bound}");
+}
+
+/// Errors on the kernel path: a head dim beyond it, an integer dtype, a float type the runtime
+/// does not report (checked without creating such tensors, which burn itself cannot hold there).
+pub fn check_kernel_errors<BK: SparseAttentionBackend>(device: &BK::Device, unsupported: &[DType]) {
+    use dit_attention::{AttentionOptions, DitAttentionError, dense_attention};
+    let x = inputs::<BK>(1, [1, 1, 8, 512, 8], false, device, DType::F32);
+    let err = dense_attention(x.q, x.k, x.v, None, AttentionOptions::default()).unwrap_err();
+    assert!(matches!(&err, DitAttentionError::Unsupported { what, .. } if what.contains("512")), "{err}");
+    for &dtype in unsupported.iter().chain(&[DType::I32]) {
+        let err = BK::sparse_attention_support(device, dtype, 64, 64).unwrap_err();
+        assert!(matches!(&err, DitAttentionError::Unsupported { what, .. } if what.contains(&format!("{dtype:?}"))), "{err}");
+    }
+}
+
+/// The GPU suite for one runtime: `$fused` (burn's default backend type), `$unfused`
+/// (`CubeBackend`), a device, whether f16 / bf16 are reported by the runtime, and whether the
+/// runtime must take the tensor-core path for half-precision head dims 64 and 128.
+#[macro_export]
+macro_rules! gpu_engine_suite {
+    ($fused:ty, $unfused:ty, $device:expr, $supported:expr, $tensor_cores:expr) => {
+        #[test]
+        fn the_path_follows_the_runtime_features() {
+            use dit_attention::SparseAttentionBackend;
+            let path = |dtype, d| <$fused as SparseAttentionBackend>::sparse_attention_path(&$device, dtype, d, d);
+            assert_eq!(path(DType::F32, 64), "portable CubeCL kernel");
+            assert_eq!(path(DType::F16, 256), "portable CubeCL kernel");
+            for dtype in float_types().0 {
+                for d in [64, 128] {
+                    let want = if $tensor_cores { "tensor-core (cmma) CubeCL kernel" } else { "portable CubeCL kernel" };
+                    assert_eq!(path(dtype, d), want, "{dtype:?} d{d}");
+                }
+            }
+        }
+
+        use common::engine::*;
+        use proptest::prelude::*;
+
+        fn float_types() -> (Vec<DType>, Vec<DType>) {
+            [DType::F16, DType::BF16].into_iter().partition(|&t| $supported(t))
+        }
+
+        proptest! {
+            #![proptest_config(common::cases(16))]
+
+            #[test]
+            fn sta_kernel_on_the_default_fused_backend_f32(c in sta_case()) {
+                check_sta::<$fused>(&c, &$device, DType::F32)?;
+            }
+
+            #[test]
+            fn sta_kernel_in_half_precision(c in sta_case()) {
+                for dtype in float_types().0 {
+                    check_sta::<$fused>(&c, &$device, dtype)?;
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(common::cases(3))]
+
+            #[test]
+            fn sta_kernel_on_the_unfused_cube_backend(c in sta_case()) {
+                check_sta::<$unfused>(&c, &$device, DType::F32)?;
+            }
+
+            #[test]
+            fn autodiff_gradients_equal_the_f64_reference(c in sta_case()) {
+                check_autodiff::<burn::backend::Autodiff<$fused>>(&c, &$device)?;
+            }
+        }
+
+        #[test]
+        fn dense_kernel_with_cross_lengths_and_bias() {
+            check_dense_cross::<$fused>(&$device);
+        }
+
+        #[test]
+        fn partial_block_maps_fall_back_to_the_exact_reference() {
+            check_partial_fallback::<$fused>(&$device);
+        }
+
+        #[test]
+        fn unsupported_inputs_get_errors_on_the_kernel_path() {
+            check_kernel_errors::<$fused>(&$device, &float_types().1);
+        }
+    };
+}
