@@ -8,17 +8,13 @@ pub mod strategies;
 use burn::tensor::{Tensor, TensorCreationOptions, TensorData, backend::Backend};
 use dit_attention::{Canvas, TextPlacement, TextSpec, TileShape, TokenOrder};
 
-/// The backend tests run on: f64 ndarray (or flex without ndarray), so references are checked at
-/// high precision.
-#[cfg(feature = "ndarray")]
+/// The backend tests run on: f64 ndarray, so references are checked at high precision.
 pub type B64 = burn::backend::NdArray<f64>;
 /// The default f32 CPU backend.
-#[cfg(feature = "ndarray")]
 pub type B32 = burn::backend::NdArray<f32>;
-#[cfg(all(feature = "flex", not(feature = "ndarray")))]
-pub type B64 = burn::backend::Flex<f64>;
-#[cfg(all(feature = "flex", not(feature = "ndarray")))]
-pub type B32 = burn::backend::Flex<f32>;
+
+#[cfg(not(feature = "ndarray"))]
+compile_error!("the tests need the default `ndarray` feature (their oracles run in f64 on it)");
 
 /// splitmix64: tiny, seeded, good enough for test data.
 pub struct SeedRng(u64);

@@ -1,6 +1,7 @@
 //! Block-sparse flash-attention forward kernels and their host-side launchers: a portable path
 //! (every runtime) and a tensor-core path (cmma), chosen from the runtime's reported features.
 
+mod common;
 mod launch;
 mod portable;
 mod tensor_core;

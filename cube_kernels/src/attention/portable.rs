@@ -5,6 +5,8 @@
 
 use cubecl::prelude::*;
 
+use super::common::{load_rows, write_row};
+
 /// The running maximum's starting value: WGSL has no infinity literal, and `exp(m - m_new)` must
 /// stay finite before the first key arrives. Rows with no key get the `empty_lse` argument.
 pub const NEG_BIG: f32 = -1.0e30;
@@ -82,8 +84,6 @@ pub fn block_sparse_forward_portable<F: Float>(
 
     let mut k_tile = SharedMemory::<F>::new(tile_k * head_dim);
     let mut v_tile = SharedMemory::<F>::new(tile_k * value_dim);
-    let k_loads = (tile_k * head_dim).div_ceil(rows_per_cube);
-    let v_loads = (tile_k * value_dim).div_ceil(rows_per_cube);
 
     let count = counts[map_row] as usize;
     for e in 0..count {
@@ -94,28 +94,8 @@ pub fn block_sparse_forward_portable<F: Float>(
         for t in 0..n_tiles {
             let kt = k_start + t * tile_k;
             // Cooperative tile load (rows past the block are zero-filled, never read).
-            for it in 0..k_loads {
-                let idx = it * rows_per_cube + UNIT_POS as usize;
-                if idx < tile_k * head_dim {
-                    let key = kt + idx / head_dim;
-                    let mut val = F::new(0.0);
-                    if key < k_end {
-                        val = k[(bh * nk + key) * head_dim + idx % head_dim];
-                    }
-                    k_tile[idx] = val;
-                }
-            }
-            for it in 0..v_loads {
-                let idx = it * rows_per_cube + UNIT_POS as usize;
-                if idx < tile_k * value_dim {
-                    let key = kt + idx / value_dim;
-                    let mut val = F::new(0.0);
-                    if key < k_end {
-                        val = v[(bh * nk + key) * value_dim + idx % value_dim];
-                    }
-                    v_tile[idx] = val;
-                }
-            }
+            load_rows::<F>(k, &mut k_tile, bh * nk, kt, k_end, tile_k, head_dim, rows_per_cube);
+            load_rows::<F>(v, &mut v_tile, bh * nk, kt, k_end, tile_k, value_dim, rows_per_cube);
             sync_cube();
             if active {
                 // Runtime loop bounds: comptime ones get unrolled, and lavapipe's compiler then
@@ -161,17 +141,6 @@ pub fn block_sparse_forward_portable<F: Float>(
     }
 
     if active {
-        let out_base = (bh * nq + row) * value_dim;
-        if l > 0.0 {
-            for x in 0..value_dim {
-                out[out_base + x] = F::cast_from(acc[x] / l);
-            }
-            lse[bh * nq + row] = m + f32::ln(l);
-        } else {
-            for x in 0..value_dim {
-                out[out_base + x] = F::new(0.0);
-            }
-            lse[bh * nq + row] = empty_lse;
-        }
+        write_row::<F>(out, lse, &acc, m, l, bh * nq + row, empty_lse, value_dim);
     }
 }

@@ -6,6 +6,7 @@
 
 use cubecl::prelude::*;
 
+use super::common::{load_rows, write_row};
 use super::portable::NEG_BIG;
 
 /// Planes (warps) per cube.
@@ -60,8 +61,6 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
     }
     let lane = UNIT_POS_X as usize;
     let warp = UNIT_POS_Y as usize;
-    let tid = UNIT_POS as usize;
-    let threads = 32 * TC_WARPS;
     let q_end = q_starts[qb + 1] as usize;
     let row0 = q_starts[qb] as usize + chunk * TC_ROWS;
     let row = row0 + warp * 16 + lane;
@@ -77,18 +76,7 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
     let mut spv = SharedMemory::<f32>::new(TC_ROWS * value_dim);
 
     // The cube's query rows, zero past the block.
-    let q_loads = (TC_ROWS * head_dim).div_ceil(threads);
-    for it in 0..q_loads {
-        let idx = it * threads + tid;
-        if idx < TC_ROWS * head_dim {
-            let r = row0 + idx / head_dim;
-            let mut val = F::new(0.0);
-            if r < q_end {
-                val = q[(bh * nq + r) * head_dim + idx % head_dim];
-            }
-            sq[idx] = val;
-        }
-    }
+    load_rows::<F>(q, &mut sq, bh * nq, row0, q_end, TC_ROWS, head_dim, 32 * TC_WARPS);
 
     let mut acc = Array::<f32>::new(value_dim);
     for x in 0..value_dim {
@@ -98,8 +86,6 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
     let mut l = 0.0f32;
     let s_base = warp * 16 * TC_TILE_K;
     let pv_base = warp * 16 * value_dim;
-    let k_loads = (TC_TILE_K * head_dim).div_ceil(threads);
-    let v_loads = (TC_TILE_K * value_dim).div_ceil(threads);
 
     let count = counts[map_row] as usize;
     for e in 0..count {
@@ -111,28 +97,8 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
             let kt = k_start + t * TC_TILE_K;
             // Everyone is done with the previous tile (and, the first time, with loading Q).
             sync_cube();
-            for it in 0..k_loads {
-                let idx = it * threads + tid;
-                if idx < TC_TILE_K * head_dim {
-                    let key = kt + idx / head_dim;
-                    let mut val = F::new(0.0);
-                    if key < k_end {
-                        val = k[(bh * nk + key) * head_dim + idx % head_dim];
-                    }
-                    sk[idx] = val;
-                }
-            }
-            for it in 0..v_loads {
-                let idx = it * threads + tid;
-                if idx < TC_TILE_K * value_dim {
-                    let key = kt + idx / value_dim;
-                    let mut val = F::new(0.0);
-                    if key < k_end {
-                        val = v[(bh * nk + key) * value_dim + idx % value_dim];
-                    }
-                    sv[idx] = val;
-                }
-            }
+            load_rows::<F>(k, &mut sk, bh * nk, kt, k_end, TC_TILE_K, head_dim, 32 * TC_WARPS);
+            load_rows::<F>(v, &mut sv, bh * nk, kt, k_end, TC_TILE_K, value_dim, 32 * TC_WARPS);
             sync_cube();
 
             // S = Q K^T for this plane's 16 rows, 16 keys at a time.
@@ -266,17 +232,6 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
     }
 
     if active {
-        let out_base = (bh * nq + row) * value_dim;
-        if l > 0.0 {
-            for x in 0..value_dim {
-                out[out_base + x] = F::cast_from(acc[x] / l);
-            }
-            lse[bh * nq + row] = m + f32::ln(l);
-        } else {
-            for x in 0..value_dim {
-                out[out_base + x] = F::new(0.0);
-            }
-            lse[bh * nq + row] = empty_lse;
-        }
+        write_row::<F>(out, lse, &acc, m, l, bh * nq + row, empty_lse, value_dim);
     }
 }
