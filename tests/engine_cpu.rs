@@ -151,6 +151,12 @@ fn bad_input_gets_errors_that_name_the_values() {
     let sta = SlidingTileAttentionConfig::new([1, 3, 5], [1, 1, 1], vec![[1, 1, 1]]);
     let err = sta.init().unwrap().forward(q.clone(), k.clone(), v.clone()).unwrap_err();
     assert!(matches!(err, DitAttentionError::SequenceLength { got: 10, expected: 15, .. }), "{err}");
+    // Windows covering the canvas (the dense fast path) still check the key length.
+    let sta = SlidingTileAttentionConfig::new([1, 2, 5], [1, 1, 1], vec![[1, 3, 9]]);
+    let (k_long, _) = randn::<B64, 4>(&mut rng, [1, 2, 12, 4]);
+    let (v_long, _) = randn::<B64, 4>(&mut rng, [1, 2, 12, 4]);
+    let err = sta.init().unwrap().forward(q.clone(), k_long, v_long).unwrap_err();
+    assert!(matches!(err, DitAttentionError::SequenceLength { got: 12, expected: 10, .. }), "{err}");
 
     // Mixed dtypes.
     let k32 = k.clone().cast(DType::F32);

@@ -115,6 +115,7 @@ impl SlidingTileAttention {
     ) -> crate::Result<AttentionOutput<B>> {
         let p = &self.prepared;
         p.layout.check_seq_len(q.dims()[2])?;
+        p.layout.check_seq_len(k.dims()[2])?;
         let heads = q.dims()[1];
         if p.mask_heads != 1 && p.mask_heads != heads {
             return Err(DitAttentionError::Invalid(format!(
