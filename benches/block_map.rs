@@ -3,7 +3,10 @@
 //!
 //! `cargo bench --bench block_map`
 
-use dit_attention::{AttentionMask, BlockMap, BlockPartition, Canvas, MaskStats, PatternSpec, TextSpec, TileShape, TokenOrder, VideoLayout};
+use dit_attention::{
+    AttentionMask, BlockMap, BlockPartition, Canvas, MaskStats, PatternSpec, TextSpec, TileShape, TokenOrder,
+    VideoLayout,
+};
 
 fn main() {
     divan::main();

@@ -203,7 +203,9 @@ fn table(args: &Args, layout: &VideoLayout, windows: &[[usize; 3]], s: &MaskStat
     match (args.pattern, windows) {
         (Pattern::Clear, _) => row!("radius             {} tokens", args.radius.unwrap_or_default()),
         (_, [w]) => row!("window             {} {unit}", x(*w)),
-        (_, ws) => row!("windows            {} heads: {}", ws.len(), ws.iter().map(|w| x(*w)).collect::<Vec<_>>().join(", ")),
+        (_, ws) => {
+            row!("windows            {} heads: {}", ws.len(), ws.iter().map(|w| x(*w)).collect::<Vec<_>>().join(", "))
+        }
     }
     match s.text {
         0 => row!("text               none"),
@@ -211,7 +213,9 @@ fn table(args: &Args, layout: &VideoLayout, windows: &[[usize; 3]], s: &MaskStat
     }
     match s.per_tile {
         false => row!("blocks             {} tokens: {} blocks ({} video)", s.block, s.blocks, s.video_blocks),
-        true => row!("blocks             one per tile ({} tokens): {} blocks ({} video)", s.block, s.blocks, s.video_blocks),
+        true => {
+            row!("blocks             one per tile ({} tokens): {} blocks ({} video)", s.block, s.blocks, s.video_blocks)
+        }
     }
     row!("sparsity           {}   (density {})", pct(s.sparsity), pct(1.0 - s.sparsity).trim());
     if s.heads > 1 {

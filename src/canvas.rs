@@ -207,7 +207,12 @@ impl Tiling {
     /// # Panics
     /// If `i` is not a tile index of dimension `d`.
     pub fn extent(&self, d: usize, i: usize) -> usize {
-        assert!(i < self.counts[d], "tile index {i} out of range: dimension {} has {} tiles", DIM_NAMES[d], self.counts[d]);
+        assert!(
+            i < self.counts[d],
+            "tile index {i} out of range: dimension {} has {} tiles",
+            DIM_NAMES[d],
+            self.counts[d]
+        );
         let (l, t) = (self.canvas.dims()[d], self.tile.dims()[d]);
         t.min(l - i * t)
     }

@@ -52,15 +52,15 @@ pub mod permutation;
 pub mod plan;
 pub mod reference;
 
-pub use canvas::{Canvas, TextPlacement, TextSpec, TileShape, Tiling, Token, TokenOrder, VideoLayout};
-pub use error::{DitAttentionError, Result};
-pub use mask::{AttentionMask, BlockKind, BlockMap, BlockPartition, MaskStats, PatternSpec};
-pub use permutation::{TokenPermutation, to_natural, to_tile_major};
 pub use attention::{
     BlockSparseAttention, BlockSparseAttentionConfig, DenseAttention, DenseAttentionConfig, SlidingTileAttention,
     SlidingTileAttentionConfig, VideoAttention, VideoAttentionConfig, attention_with_plan, block_sparse_attention,
     dense_attention, sliding_tile_attention,
 };
+pub use canvas::{Canvas, TextPlacement, TextSpec, TileShape, Tiling, Token, TokenOrder, VideoLayout};
+pub use error::{DitAttentionError, Result};
 pub use glue::SparseAttentionBackend;
+pub use mask::{AttentionMask, BlockKind, BlockMap, BlockPartition, MaskStats, PatternSpec};
+pub use permutation::{TokenPermutation, to_natural, to_tile_major};
 pub use plan::KernelPlan;
 pub use reference::{AttentionOptions, AttentionOutput};

@@ -146,10 +146,11 @@ impl KernelPlan {
             for (kb, kind) in map.row(h, qb) {
                 pairs += match kind {
                     BlockKind::Full => (blocks.range(qb).len() * blocks.range(kb).len()) as u64,
-                    BlockKind::Partial => {
-                        blocks.range(qb).flat_map(|q| blocks.range(kb).map(move |k| (q, k))).filter(|&(q, k)| map.allows(h, q, k)).count()
-                            as u64
-                    }
+                    BlockKind::Partial => blocks
+                        .range(qb)
+                        .flat_map(|q| blocks.range(kb).map(move |k| (q, k)))
+                        .filter(|&(q, k)| map.allows(h, q, k))
+                        .count() as u64,
                 };
             }
         }

@@ -22,7 +22,11 @@ fn expected_starts(layout: &VideoLayout, text: TextSpec, partition: BlockPartiti
             // A tile starts wherever the tile of the token differs from the previous token's.
             let tokens = brute_tile_major(layout.canvas(), layout.tiling().tile());
             let t = layout.tiling().tile().dims();
-            (0..v).filter(|&i| i == 0 || [0, 1, 2].map(|d| tokens[i][d] / t[d]) != [0, 1, 2].map(|d| tokens[i - 1][d] / t[d])).collect()
+            (0..v)
+                .filter(|&i| {
+                    i == 0 || [0, 1, 2].map(|d| tokens[i][d] / t[d]) != [0, 1, 2].map(|d| tokens[i - 1][d] / t[d])
+                })
+                .collect()
         }
     };
     let tb = match partition {
@@ -141,7 +145,8 @@ proptest! {
 
 #[test]
 fn index_arrays_hold_every_row() {
-    let layout = VideoLayout::new(Canvas::new(3, 4, 5).unwrap(), TileShape::new(1, 2, 2).unwrap(), TextSpec::before(3)).unwrap();
+    let layout =
+        VideoLayout::new(Canvas::new(3, 4, 5).unwrap(), TileShape::new(1, 2, 2).unwrap(), TextSpec::before(3)).unwrap();
     let mask = AttentionMask::new(layout, PatternSpec::Sta { windows: vec![[1, 1, 1], [3, 1, 3]] }).unwrap();
     let map = BlockMap::from_mask(&mask, TokenOrder::TileMajor, BlockPartition::Uniform(4)).unwrap();
     let arrays = map.to_index_arrays();
@@ -160,7 +165,9 @@ fn index_arrays_hold_every_row() {
 #[test]
 fn hunyuan_sta_matches_the_paper() {
     // STA paper: 3x3x3 tiles of 6x8x8 on 30x48x80 is 91% sparse, all blocks dense or empty.
-    let layout = VideoLayout::new(Canvas::new(30, 48, 80).unwrap(), TileShape::new(6, 8, 8).unwrap(), TextSpec::after(256)).unwrap();
+    let layout =
+        VideoLayout::new(Canvas::new(30, 48, 80).unwrap(), TileShape::new(6, 8, 8).unwrap(), TextSpec::after(256))
+            .unwrap();
     let mask = AttentionMask::new(layout, PatternSpec::sta([3, 3, 3])).unwrap();
     let s = MaskStats::compute(&mask, TokenOrder::TileMajor, BlockPartition::Uniform(384)).unwrap();
     // 3 of 5 tiles in t, 3 of 6 in h, 3 of 10 in w: density 0.6 * 0.5 * 0.3 = 0.09.

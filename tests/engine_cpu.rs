@@ -11,9 +11,9 @@ use common::engine::{StaCase, check_sta, inputs, sta_case};
 use common::*;
 use dit_attention::reference::block_sparse_attention_reference;
 use dit_attention::{
-    AttentionMask, AttentionOptions, BlockMap, BlockPartition, BlockSparseAttentionConfig, Canvas, DenseAttentionConfig,
-    DitAttentionError, KernelPlan, PatternSpec, SlidingTileAttentionConfig, TextSpec, TileShape, TokenOrder,
-    VideoAttentionConfig, VideoLayout, attention_with_plan, block_sparse_attention, dense_attention,
+    AttentionMask, AttentionOptions, BlockMap, BlockPartition, BlockSparseAttentionConfig, Canvas,
+    DenseAttentionConfig, DitAttentionError, KernelPlan, PatternSpec, SlidingTileAttentionConfig, TextSpec, TileShape,
+    TokenOrder, VideoAttentionConfig, VideoLayout, attention_with_plan, block_sparse_attention, dense_attention,
 };
 use proptest::prelude::*;
 
@@ -47,7 +47,8 @@ fn gradients_match(c: &StaCase, seed: u64) -> Result<(), TestCaseError> {
     // Natural order with NATTEN-like partial blocks half of the time, STA otherwise.
     let layout = VideoLayout::new(c.canvas, c.tile, c.text).unwrap();
     let spec = if seed.is_multiple_of(2) { c.spec() } else { PatternSpec::Natten { window: [1, 1, 1] } };
-    let map = BlockMap::from_mask(&AttentionMask::new(layout, spec).unwrap(), c.order, BlockPartition::Uniform(5)).unwrap();
+    let map =
+        BlockMap::from_mask(&AttentionMask::new(layout, spec).unwrap(), c.order, BlockPartition::Uniform(5)).unwrap();
     let mut rng = SeedRng::new(seed);
     let w = rng.normals(b * h * n * dv);
     let u = rng.normals(b * h * n);
@@ -57,10 +58,18 @@ fn gradients_match(c: &StaCase, seed: u64) -> Result<(), TestCaseError> {
         let (q, k, v) = (x.q.require_grad(), x.k.require_grad(), x.v.require_grad());
         let bias = x.bias.map(|t| t.require_grad());
         let r = if use_engine {
-            block_sparse_attention(q.clone(), k.clone(), v.clone(), &map, bias.clone(), AttentionOptions::default()).unwrap()
-        } else {
-            block_sparse_attention_reference(q.clone(), k.clone(), v.clone(), &map, bias.clone(), AttentionOptions::default())
+            block_sparse_attention(q.clone(), k.clone(), v.clone(), &map, bias.clone(), AttentionOptions::default())
                 .unwrap()
+        } else {
+            block_sparse_attention_reference(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                &map,
+                bias.clone(),
+                AttentionOptions::default(),
+            )
+            .unwrap()
         };
         let wt = Tensor::<Ad64, 1>::from_floats(w.as_slice(), &device).reshape([b, h, n, dv]);
         let ut = Tensor::<Ad64, 1>::from_floats(u.as_slice(), &device).reshape([b, h, n]);
@@ -133,10 +142,16 @@ fn bad_input_gets_errors_that_name_the_values() {
     assert!(matches!(err, DitAttentionError::Shape { .. }), "{err}");
 
     // A block map for another sequence length.
-    let layout = VideoLayout::new(Canvas::new(1, 3, 4).unwrap(), TileShape::new(1, 2, 2).unwrap(), TextSpec::none()).unwrap();
-    let map = BlockMap::from_mask(&AttentionMask::new(layout, PatternSpec::sta([1, 1, 1])).unwrap(), TokenOrder::TileMajor, BlockPartition::PerTile)
-        .unwrap();
-    let err = block_sparse_attention(q.clone(), k.clone(), v.clone(), &map, None, AttentionOptions::default()).unwrap_err();
+    let layout =
+        VideoLayout::new(Canvas::new(1, 3, 4).unwrap(), TileShape::new(1, 2, 2).unwrap(), TextSpec::none()).unwrap();
+    let map = BlockMap::from_mask(
+        &AttentionMask::new(layout, PatternSpec::sta([1, 1, 1])).unwrap(),
+        TokenOrder::TileMajor,
+        BlockPartition::PerTile,
+    )
+    .unwrap();
+    let err =
+        block_sparse_attention(q.clone(), k.clone(), v.clone(), &map, None, AttentionOptions::default()).unwrap_err();
     assert!(err.to_string().contains("10"), "{err}");
     let plan = KernelPlan::from_map(Arc::new(map), 0.5);
     let err = attention_with_plan(q.clone(), k.clone(), v.clone(), None, &plan).unwrap_err();

@@ -60,7 +60,14 @@ fn json_has_the_documented_fields_for_every_pattern() {
 #[test]
 fn the_table_is_readable() {
     let out = run("--pattern sta --canvas 30,48,80 --tile 6,8,8 --window 3,3,3 --text 256").unwrap();
-    for want in ["sta (tile-major order)", "115200 video tokens", "3 x 3 x 3 tiles", "256 tokens after", " 91.00 %", "dense blocks         9.00 %"] {
+    for want in [
+        "sta (tile-major order)",
+        "115200 video tokens",
+        "3 x 3 x 3 tiles",
+        "256 tokens after",
+        " 91.00 %",
+        "dense blocks         9.00 %",
+    ] {
         assert!(out.contains(want), "table lacks {want:?}:\n{out}");
     }
 }
@@ -71,7 +78,11 @@ fn the_picture_shows_the_block_map() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("sta.png");
     // 5 x 6 x 10 tiles: 300 blocks drawn 3 pixels each.
-    run(&format!("--pattern sta --canvas 30,48,80 --tile 6,8,8 --window 3,3,3 --png {} --png-size 900", path.display())).unwrap();
+    run(&format!(
+        "--pattern sta --canvas 30,48,80 --tile 6,8,8 --window 3,3,3 --png {} --png-size 900",
+        path.display()
+    ))
+    .unwrap();
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size()];
@@ -84,7 +95,11 @@ fn the_picture_shows_the_block_map() {
     assert!((dark / (900.0 * 900.0) - 0.09).abs() < 1e-9, "dark fraction {}", dark / 810000.0);
     assert!((white / (900.0 * 900.0) - 0.91).abs() < 1e-9);
     // Downsampled: a 2000-block map in at most 512 pixels.
-    run(&format!("--pattern natten --canvas 1,1,2000 --tile 1 --window 101 --block 1 --png {} --png-size 512", path.display())).unwrap();
+    run(&format!(
+        "--pattern natten --canvas 1,1,2000 --tile 1 --window 101 --block 1 --png {} --png-size 512",
+        path.display()
+    ))
+    .unwrap();
     let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap())).read_info().unwrap();
     assert!(reader.info().width <= 512 && reader.info().width >= 400);
     std::fs::remove_dir_all(&dir).unwrap();

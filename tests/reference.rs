@@ -12,8 +12,8 @@ use dit_attention::reference::{
     block_sparse_attention_reference, dense_attention_reference, merge_attention, sta_attention_reference,
 };
 use dit_attention::{
-    AttentionMask, AttentionOptions, AttentionOutput, BlockKind, BlockMap, BlockPartition, Canvas, PatternSpec, TextSpec,
-    TileShape, TokenOrder, VideoLayout,
+    AttentionMask, AttentionOptions, AttentionOutput, BlockKind, BlockMap, BlockPartition, Canvas, PatternSpec,
+    TextSpec, TileShape, TokenOrder, VideoLayout,
 };
 use proptest::prelude::*;
 
@@ -194,15 +194,28 @@ proptest! {
 }
 
 /// Brute force with a per-(b, h, q, k) mask (true = masked out).
-fn brute_masked(q: &[f64], k: &[f64], v: &[f64], bias: &[f64], dims: [usize; 6], masked: &[bool]) -> (Vec<f64>, Vec<f64>) {
+fn brute_masked(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    bias: &[f64],
+    dims: [usize; 6],
+    masked: &[bool],
+) -> (Vec<f64>, Vec<f64>) {
     let [b, h, nq, nk, d, dv] = dims;
     let (mut out, mut lse) = (Vec::new(), Vec::new());
     for bh in 0..b * h {
         let sl = |x: &[f64], n: usize, w: usize| x[bh * n * w..(bh + 1) * n * w].to_vec();
         let bb = if bias.is_empty() { Vec::new() } else { sl(bias, nk, 1) };
-        let (o, l) = brute_attention(&sl(q, nq, d), &sl(k, nk, d), &sl(v, nk, dv), &bb, [1, 1, nq, nk, d, dv], 1.0 / (d as f64).sqrt(), |_, i, j| {
-            !masked[(bh * nq + i) * nk + j]
-        });
+        let (o, l) = brute_attention(
+            &sl(q, nq, d),
+            &sl(k, nk, d),
+            &sl(v, nk, dv),
+            &bb,
+            [1, 1, nq, nk, d, dv],
+            1.0 / (d as f64).sqrt(),
+            |_, i, j| !masked[(bh * nq + i) * nk + j],
+        );
         out.extend(o);
         lse.extend(l);
     }
@@ -222,7 +235,15 @@ fn a_row_with_no_allowed_key_gives_zeros_and_minus_infinity() {
     // Block 0 sees nothing, block 1 sees block 0.
     let map = BlockMap::from_rows(blocks, 1, vec![vec![], vec![(0, BlockKind::Full)]], None).unwrap();
     let x = qkv(7, 1, 2, 8, 4, 3, true);
-    let out = block_sparse_attention_reference(x.q.clone(), x.k.clone(), x.v.clone(), &map, x.bias.clone(), AttentionOptions::default()).unwrap();
+    let out = block_sparse_attention_reference(
+        x.q.clone(),
+        x.k.clone(),
+        x.v.clone(),
+        &map,
+        x.bias.clone(),
+        AttentionOptions::default(),
+    )
+    .unwrap();
     let (o, l) = (values(out.output), values(out.lse));
     for head in 0..2 {
         for row in 0..8 {
@@ -239,7 +260,8 @@ fn a_row_with_no_allowed_key_gives_zeros_and_minus_infinity() {
     // The same through a dense mask that blocks a whole row.
     let mut masked = vec![false; 2 * 8 * 8];
     masked[..8].iter_mut().for_each(|m| *m = true);
-    let mt = Tensor::<B64, 4, burn::tensor::Bool>::from_data(TensorData::new(masked, [1, 2, 8, 8]), &Default::default());
+    let mt =
+        Tensor::<B64, 4, burn::tensor::Bool>::from_data(TensorData::new(masked, [1, 2, 8, 8]), &Default::default());
     let d = dense_attention_reference(x.q, x.k, x.v, Some(mt), x.bias, AttentionOptions::default()).unwrap();
     let (o, l) = (values(d.output), values(d.lse));
     assert!(o[..3].iter().all(|v| *v == 0.0) && l[0] == f64::NEG_INFINITY);
@@ -248,10 +270,20 @@ fn a_row_with_no_allowed_key_gives_zeros_and_minus_infinity() {
 
 #[test]
 fn windows_for_heads_must_match_the_head_count() {
-    let layout = VideoLayout::new(Canvas::new(2, 4, 4).unwrap(), TileShape::new(1, 2, 2).unwrap(), TextSpec::none()).unwrap();
+    let layout =
+        VideoLayout::new(Canvas::new(2, 4, 4).unwrap(), TileShape::new(1, 2, 2).unwrap(), TextSpec::none()).unwrap();
     let x = qkv(3, 1, 3, 32, 4, 4, false);
-    let err = sta_attention_reference(x.q, x.k, x.v, &layout, &[[1, 1, 1], [3, 1, 1]], TokenOrder::Natural, None, AttentionOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = sta_attention_reference(
+        x.q,
+        x.k,
+        x.v,
+        &layout,
+        &[[1, 1, 1], [3, 1, 1]],
+        TokenOrder::Natural,
+        None,
+        AttentionOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("2 per-head windows") && err.contains("3 heads"), "{err}");
 }

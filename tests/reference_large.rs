@@ -5,12 +5,17 @@ mod common;
 
 use common::*;
 use dit_attention::reference::{block_sparse_attention_reference, sta_attention_reference};
-use dit_attention::{AttentionMask, AttentionOptions, BlockMap, BlockPartition, Canvas, PatternSpec, TextSpec, TileShape, TokenOrder, VideoLayout};
+use dit_attention::{
+    AttentionMask, AttentionOptions, BlockMap, BlockPartition, Canvas, PatternSpec, TextSpec, TileShape, TokenOrder,
+    VideoLayout,
+};
 
 #[test]
 fn sixteen_thousand_tokens_and_eight_heads_run_without_an_n_by_n_tensor() {
     // 16 x 32 x 32 = 16,384 tokens, 8 heads; a dense score tensor would hold 2.1 G values.
-    let layout = VideoLayout::new(Canvas::new(16, 32, 32).unwrap(), TileShape::new(4, 8, 8).unwrap(), TextSpec::after(16)).unwrap();
+    let layout =
+        VideoLayout::new(Canvas::new(16, 32, 32).unwrap(), TileShape::new(4, 8, 8).unwrap(), TextSpec::after(16))
+            .unwrap();
     let n = layout.seq_len();
     let (h, d) = (8, 4);
     let mut rng = SeedRng::new(11);
@@ -19,7 +24,17 @@ fn sixteen_thousand_tokens_and_eight_heads_run_without_an_n_by_n_tensor() {
     let (v, vv) = randn::<B32, 4>(&mut rng, [1, h, n, d]);
     let windows = [[1, 1, 1], [3, 1, 1], [1, 3, 3], [3, 3, 3], [1, 1, 3], [3, 3, 1], [1, 3, 1], [3, 1, 3]];
     let order = TokenOrder::TileMajor;
-    let out = sta_attention_reference(q.clone(), k.clone(), v.clone(), &layout, &windows, order, None, AttentionOptions::default()).unwrap();
+    let out = sta_attention_reference(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        &layout,
+        &windows,
+        order,
+        None,
+        AttentionOptions::default(),
+    )
+    .unwrap();
     let mask = AttentionMask::new(layout, PatternSpec::Sta { windows: windows.to_vec() }).unwrap();
     let map = BlockMap::from_mask(&mask, order, BlockPartition::PerTile).unwrap();
     let bs = block_sparse_attention_reference(q, k, v, &map, None, AttentionOptions::default()).unwrap();
@@ -45,4 +60,3 @@ fn sixteen_thousand_tokens_and_eight_heads_run_without_an_n_by_n_tensor() {
         assert!(rel_err(got, &want) < 1e-4, "head {head} row {row}: {got:?} vs {want:?}");
     }
 }
-

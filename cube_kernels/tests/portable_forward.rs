@@ -51,7 +51,9 @@ fn case() -> impl Strategy<Value = Case> {
             let map_heads = if per_head { heads } else { 1 };
             let mut rng = SplitMix(seed);
             // Random rows: each key block kept with probability 1/2 (empty rows happen).
-            let rows = (0..map_heads * nb).map(|_| (0..nb as u32).filter(|_| rng.next().is_multiple_of(2)).collect()).collect();
+            let rows = (0..map_heads * nb)
+                .map(|_| (0..nb as u32).filter(|_| rng.next().is_multiple_of(2)).collect())
+                .collect();
             Case { batch, heads, n, d, dv, starts, map_heads, rows, bias, seed }
         })
 }
@@ -94,10 +96,12 @@ fn reference(c: &Case, q: &[f32], k: &[f32], v: &[f32], bias: &[f32], scale: f32
                 .map(|&j| {
                     let b = if bias.is_empty() { 0.0 } else { bias[bh * n + j] };
                     if wide {
-                        (0..d).map(|x| q[(bh * n + i) * d + x] as f64 * k[(bh * n + j) * d + x] as f64).sum::<f64>() * scale as f64
+                        (0..d).map(|x| q[(bh * n + i) * d + x] as f64 * k[(bh * n + j) * d + x] as f64).sum::<f64>()
+                            * scale as f64
                             + b as f64
                     } else {
-                        ((0..d).map(|x| q[(bh * n + i) * d + x] * k[(bh * n + j) * d + x]).sum::<f32>() * scale + b) as f64
+                        ((0..d).map(|x| q[(bh * n + i) * d + x] * k[(bh * n + j) * d + x]).sum::<f32>() * scale + b)
+                            as f64
                     }
                 })
                 .collect();

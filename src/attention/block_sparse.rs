@@ -41,7 +41,8 @@ pub struct BlockSparseAttentionConfig {
 impl BlockSparseAttentionConfig {
     /// Validates the config and builds the block map.
     pub fn init(&self) -> crate::Result<BlockSparseAttention> {
-        let layout = VideoLayout::new(Canvas::from_slice(&self.canvas)?, TileShape::from_slice(&self.tile)?, self.text)?;
+        let layout =
+            VideoLayout::new(Canvas::from_slice(&self.canvas)?, TileShape::from_slice(&self.tile)?, self.text)?;
         AttentionOptions { scale: self.scale }.validate()?;
         let mask = AttentionMask::new(layout, self.pattern.clone())?;
         let map = Arc::new(BlockMap::from_mask(&mask, self.order, self.partition)?);
@@ -69,7 +70,12 @@ impl BlockSparseAttention {
     /// # Shapes
     /// - q, k `[b, h, n, d]`, v `[b, h, n, dv]`, `n` the map's sequence length
     /// - output `[b, h, n, dv]`
-    pub fn forward<B: SparseAttentionBackend>(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> crate::Result<Tensor<B, 4>> {
+    pub fn forward<B: SparseAttentionBackend>(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> crate::Result<Tensor<B, 4>> {
         Ok(self.forward_with(q, k, v, None)?.output)
     }
 

@@ -38,7 +38,12 @@ impl DenseAttention {
     /// # Shapes
     /// - q `[b, h, nq, d]`, k `[b, h, nk, d]`, v `[b, h, nk, dv]`
     /// - output `[b, h, nq, dv]`
-    pub fn forward<B: SparseAttentionBackend>(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> crate::Result<Tensor<B, 4>> {
+    pub fn forward<B: SparseAttentionBackend>(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> crate::Result<Tensor<B, 4>> {
         Ok(self.forward_with(q, k, v, None)?.output)
     }
 

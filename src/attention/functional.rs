@@ -83,7 +83,9 @@ pub fn attention_with_plan<B: SparseAttentionBackend>(
     let dtype = q.dtype();
     for (name, t) in [("key", k.dtype()), ("value", v.dtype())] {
         if t != dtype {
-            return Err(DitAttentionError::Invalid(format!("the {name} dtype {t:?} differs from the query dtype {dtype:?}")));
+            return Err(DitAttentionError::Invalid(format!(
+                "the {name} dtype {t:?} differs from the query dtype {dtype:?}"
+            )));
         }
     }
     B::sparse_attention_support(&q.device(), dtype, d, dv)?;

@@ -41,7 +41,11 @@ pub struct SlidingTileAttentionConfig {
 impl SlidingTileAttentionConfig {
     /// The layout, validated.
     pub fn layout(&self) -> crate::Result<VideoLayout> {
-        VideoLayout::new(Canvas::new(self.canvas[0], self.canvas[1], self.canvas[2])?, TileShape::from_slice(&self.tile)?, self.text)
+        VideoLayout::new(
+            Canvas::new(self.canvas[0], self.canvas[1], self.canvas[2])?,
+            TileShape::from_slice(&self.tile)?,
+            self.text,
+        )
     }
 
     /// Validates the config and prepares the block map (once; modules keep it).
@@ -54,7 +58,8 @@ impl SlidingTileAttentionConfig {
         } else {
             Some(Arc::new(BlockMap::from_mask(&mask, TokenOrder::TileMajor, BlockPartition::PerTile)?))
         };
-        let permutation = (map.is_some() && self.order == TokenOrder::Natural).then(|| Arc::new(TokenPermutation::to_tile_major(&layout)));
+        let permutation = (map.is_some() && self.order == TokenOrder::Natural)
+            .then(|| Arc::new(TokenPermutation::to_tile_major(&layout)));
         Ok(SlidingTileAttention {
             config: self.clone(),
             prepared: Prepared { layout, mask_heads: mask.heads(), map, permutation },
@@ -97,7 +102,12 @@ impl SlidingTileAttention {
     /// - q, k `[b, h, n, d]`, v `[b, h, n, dv]`, `n` = canvas tokens + text tokens, video tokens
     ///   in the configured order
     /// - output `[b, h, n, dv]`
-    pub fn forward<B: SparseAttentionBackend>(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> crate::Result<Tensor<B, 4>> {
+    pub fn forward<B: SparseAttentionBackend>(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> crate::Result<Tensor<B, 4>> {
         Ok(self.forward_with(q, k, v, None)?.output)
     }
 

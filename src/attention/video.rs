@@ -52,7 +52,12 @@ impl VideoAttention {
     /// # Shapes
     /// - q, k `[b, h, n, d]`, v `[b, h, n, dv]` (dense: k and v may have another length)
     /// - output `[b, h, n, dv]`
-    pub fn forward<B: SparseAttentionBackend>(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> crate::Result<Tensor<B, 4>> {
+    pub fn forward<B: SparseAttentionBackend>(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> crate::Result<Tensor<B, 4>> {
         Ok(self.forward_with(q, k, v, None)?.output)
     }
 

@@ -1,8 +1,12 @@
 //! CubeCL backends (`CubeBackend<R, ..>`: CUDA, wgpu): the engine's kernels.
 
 use burn::tensor::{DType, Shape};
-use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous, tensor::CubeTensor};
-use dit_attention_kernels::attention::{BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, TC_ROWS, forward_elem};
+use burn_cubecl::{
+    BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous, tensor::CubeTensor,
+};
+use dit_attention_kernels::attention::{
+    BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, TC_ROWS, forward_elem,
+};
 
 use super::backend::{SparseAttentionBackend, reference_forward, unwrap, wrap};
 use crate::error::{DitAttentionError, Result};
@@ -33,11 +37,17 @@ where
     fn sparse_attention_support(device: &Self::Device, dtype: DType, head_dim: usize, value_dim: usize) -> Result<()> {
         let path = || "CubeCL kernel".to_string();
         let Some(elem) = kernel_elem(dtype) else {
-            return Err(DitAttentionError::Unsupported { path: path(), what: format!("dtype {dtype:?} (f32, f16 and bf16 are)") });
+            return Err(DitAttentionError::Unsupported {
+                path: path(),
+                what: format!("dtype {dtype:?} (f32, f16 and bf16 are)"),
+            });
         };
         let client = R::client(device);
         if !elem.supported(&client) {
-            return Err(DitAttentionError::Unsupported { path: path(), what: format!("dtype {dtype:?}: the runtime does not report it") });
+            return Err(DitAttentionError::Unsupported {
+                path: path(),
+                what: format!("dtype {dtype:?}: the runtime does not report it"),
+            });
         }
         for (what, d) in [("head dim", head_dim), ("value head dim", value_dim)] {
             if d > PORTABLE_MAX_HEAD_DIM {
@@ -120,7 +130,13 @@ where
             result.out,
             q.dtype,
         );
-        let lse = CubeTensor::new_contiguous(q.client.clone(), q.device.clone(), Shape::from([batch, heads, q_len]), result.lse, DType::F32);
+        let lse = CubeTensor::new_contiguous(
+            q.client.clone(),
+            q.device.clone(),
+            Shape::from([batch, heads, q_len]),
+            result.lse,
+            DType::F32,
+        );
         (out, lse)
     }
 }

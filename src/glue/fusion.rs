@@ -59,7 +59,8 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
         }
         let [batch, heads, q_len] = [q.shape[0], q.shape[1], q.shape[2]];
         let value_dim = v.shape[3];
-        let out = TensorIr::uninit(client.create_empty_handle(), Shape::from([batch, heads, q_len, value_dim]), q.dtype);
+        let out =
+            TensorIr::uninit(client.create_empty_handle(), Shape::from([batch, heads, q_len, value_dim]), q.dtype);
         let lse = TensorIr::uninit(client.create_empty_handle(), Shape::from([batch, heads, q_len]), DType::F32);
         let mut inputs = vec![q.into_ir(), k.into_ir(), v.into_ir()];
         inputs.extend(bias.map(|b| b.into_ir()));

@@ -21,7 +21,9 @@ use crate::error::{DitAttentionError, Result};
 pub(crate) fn gather_seq<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize, idx: &[u32]) -> Result<Tensor<B, D>> {
     let dims = x.dims();
     if dim >= D {
-        return Err(DitAttentionError::Invalid(format!("dimension {dim} does not exist in a {D}-d tensor of shape {dims:?}")));
+        return Err(DitAttentionError::Invalid(format!(
+            "dimension {dim} does not exist in a {D}-d tensor of shape {dims:?}"
+        )));
     }
     if dims[dim] != idx.len() {
         return Err(DitAttentionError::Shape {
@@ -42,7 +44,11 @@ pub(crate) fn index_tensor<B: Backend>(idx: impl IntoIterator<Item = usize>, dev
 }
 
 /// A boolean tensor from row-major values.
-pub(crate) fn bool_tensor<B: Backend, const D: usize>(v: Vec<bool>, shape: [usize; D], device: &B::Device) -> Tensor<B, D, Bool> {
+pub(crate) fn bool_tensor<B: Backend, const D: usize>(
+    v: Vec<bool>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D, Bool> {
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 

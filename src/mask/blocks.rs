@@ -103,15 +103,8 @@ impl BlockLayout {
         }
         starts.push(layout.seq_len());
 
-        let mut this = Self {
-            layout: *layout,
-            order,
-            partition,
-            starts,
-            segments,
-            boxes: Vec::new(),
-            hulls: Vec::new(),
-        };
+        let mut this =
+            Self { layout: *layout, order, partition, starts, segments, boxes: Vec::new(), hulls: Vec::new() };
         this.boxes = (0..this.len()).map(|i| this.compute_boxes(i)).collect();
         this.hulls = this.boxes.iter().map(|b| b.iter().copied().reduce(|a, c| a.hull(&c))).collect();
         Ok(this)

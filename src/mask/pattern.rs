@@ -124,7 +124,9 @@ impl AttentionMask {
             }
             PatternSpec::Clear { radius } => {
                 if !(radius.is_finite() && *radius > 0.0) {
-                    return Err(DitAttentionError::Invalid(format!("CLEAR radius must be a positive number, got {radius}")));
+                    return Err(DitAttentionError::Invalid(format!(
+                        "CLEAR radius must be a positive number, got {radius}"
+                    )));
                 }
                 // Beyond the canvas diagonal every pair is in: cap there so no arithmetic overflows.
                 let diag2: f64 = dims.iter().map(|&l| ((l - 1) * (l - 1)) as f64).sum();
@@ -260,7 +262,13 @@ fn check_window(what: &'static str, w: [usize; 3], odd: bool) -> Result<()> {
 
 fn check_fits(what: &'static str, w: [usize; 3], dims: [usize; 3]) -> Result<()> {
     match (0..3).find(|&d| w[d] > dims[d]) {
-        Some(d) => Err(DitAttentionError::LargerThanCanvas { what, dim: DIM_NAMES[d], value: w[d], len: dims[d], canvas: dims }),
+        Some(d) => Err(DitAttentionError::LargerThanCanvas {
+            what,
+            dim: DIM_NAMES[d],
+            value: w[d],
+            len: dims[d],
+            canvas: dims,
+        }),
         None => Ok(()),
     }
 }

@@ -28,7 +28,8 @@ impl Picture {
     /// Writes the picture as a PNG file.
     pub fn write_png(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let io = |e: &dyn std::fmt::Display| DitAttentionError::Invalid(format!("cannot write {}: {e}", path.display()));
+        let io =
+            |e: &dyn std::fmt::Display| DitAttentionError::Invalid(format!("cannot write {}: {e}", path.display()));
         let file = std::fs::File::create(path).map_err(|e| io(&e))?;
         let mut enc = png::Encoder::new(BufWriter::new(file), self.width as u32, self.height as u32);
         enc.set_color(png::ColorType::Rgb);

@@ -41,7 +41,15 @@ pub fn block_sparse_attention_reference<B: Backend>(
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
     for h in 0..heads {
         let hb = bias.as_ref().map(|b| if b.dims()[1] == 1 { b.clone() } else { b.clone().narrow(1, h, 1) });
-        let r = one_head_group(q.clone().narrow(1, h, 1), k.clone().narrow(1, h, 1), v.clone().narrow(1, h, 1), map, h, hb, options);
+        let r = one_head_group(
+            q.clone().narrow(1, h, 1),
+            k.clone().narrow(1, h, 1),
+            v.clone().narrow(1, h, 1),
+            map,
+            h,
+            hb,
+            options,
+        );
         outs.push(r.output);
         lses.push(r.lse);
     }

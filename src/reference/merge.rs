@@ -23,6 +23,7 @@ pub fn merge_attention<B: Backend>(a: AttentionOutput<B>, b: AttentionOutput<B>)
     let wb = (b.lse - shift.clone()).exp();
     let sum = wa.clone() + wb.clone();
     let safe = sum.clone().mask_fill(sum.clone().equal_elem(0.0), 1.0);
-    let output = (a.output * wa.unsqueeze_dim::<4>(3) + b.output * wb.unsqueeze_dim::<4>(3)) / safe.unsqueeze_dim::<4>(3);
+    let output =
+        (a.output * wa.unsqueeze_dim::<4>(3) + b.output * wb.unsqueeze_dim::<4>(3)) / safe.unsqueeze_dim::<4>(3);
     Ok(AttentionOutput { output, lse: shift + sum.log() })
 }

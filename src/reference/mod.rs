@@ -46,7 +46,9 @@ impl AttentionOptions {
     /// Checks the options (a scale must be finite).
     pub fn validate(&self) -> Result<()> {
         match self.scale {
-            Some(s) if !s.is_finite() => Err(DitAttentionError::Invalid(format!("attention scale must be finite, got {s}"))),
+            Some(s) if !s.is_finite() => {
+                Err(DitAttentionError::Invalid(format!("attention scale must be finite, got {s}")))
+            }
             _ => Ok(()),
         }
     }

@@ -53,13 +53,25 @@ pub fn sta_attention_reference<B: Backend>(
     for (w, hs) in groups {
         let idx = index_tensor::<B>(hs.iter().copied(), &device);
         let hb = bias.as_ref().map(|b| if b.dims()[1] == 1 { b.clone() } else { b.clone().select(1, idx.clone()) });
-        let r = sta_heads(q.clone().select(1, idx.clone()), k.clone().select(1, idx.clone()), v.clone().select(1, idx), layout, w, order, hb, options);
+        let r = sta_heads(
+            q.clone().select(1, idx.clone()),
+            k.clone().select(1, idx.clone()),
+            v.clone().select(1, idx),
+            layout,
+            w,
+            order,
+            hb,
+            options,
+        );
         outs.push(r.output);
         lses.push(r.lse);
         order_of_heads.extend(hs);
     }
     let back = index_tensor::<B>(inverse(&order_of_heads), &device);
-    Ok(AttentionOutput { output: Tensor::cat(outs, 1).select(1, back.clone()), lse: Tensor::cat(lses, 1).select(1, back) })
+    Ok(AttentionOutput {
+        output: Tensor::cat(outs, 1).select(1, back.clone()),
+        lse: Tensor::cat(lses, 1).select(1, back),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -36,22 +36,25 @@ pub fn sta_case() -> impl Strategy<Value = StaCase> {
         .prop_flat_map(|((canvas, tile), text, tile_major, batch, heads, per_head, seed)| {
             let c = canvas.dims();
             let n = [0, 1, 2].map(|d| c[d].div_ceil(tile.dims()[d]));
-            let windows = prop::collection::vec(odd_window([n[0] + 1, n[1] + 1, n[2] + 1]), if per_head { heads } else { 1 });
+            let windows =
+                prop::collection::vec(odd_window([n[0] + 1, n[1] + 1, n[2] + 1]), if per_head { heads } else { 1 });
             let dims = prop::sample::select(vec![(64usize, 64usize), (128, 128), (64, 3)]);
             (Just((canvas, tile, text, tile_major, batch, heads, seed)), windows, dims, any::<bool>())
         })
-        .prop_map(|((canvas, tile, text, tile_major, batch, heads, seed), windows, (head_dim, value_dim), bias)| StaCase {
-            canvas,
-            tile,
-            windows,
-            text,
-            order: if tile_major { TokenOrder::TileMajor } else { TokenOrder::Natural },
-            batch,
-            heads,
-            head_dim,
-            value_dim,
-            bias,
-            seed,
+        .prop_map(|((canvas, tile, text, tile_major, batch, heads, seed), windows, (head_dim, value_dim), bias)| {
+            StaCase {
+                canvas,
+                tile,
+                windows,
+                text,
+                order: if tile_major { TokenOrder::TileMajor } else { TokenOrder::Natural },
+                batch,
+                heads,
+                head_dim,
+                value_dim,
+                bias,
+                seed,
+            }
         })
 }
 
@@ -150,7 +153,8 @@ pub fn plain_attention(
             let s: Vec<f32> = keys
                 .iter()
                 .map(|&j| {
-                    let dot: f32 = (0..d).map(|x| q[(bh * n + i) * d + x] as f32 * k[(bh * n + j) * d + x] as f32).sum();
+                    let dot: f32 =
+                        (0..d).map(|x| q[(bh * n + i) * d + x] as f32 * k[(bh * n + j) * d + x] as f32).sum();
                     r(r(dot * scale as f32) + if bias.is_empty() { 0.0 } else { bias[bh * n + j] as f32 })
                 })
                 .collect();
@@ -173,7 +177,15 @@ pub fn max_abs_err(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
-        .map(|(x, y)| if x.is_finite() && y.is_finite() { (x - y).abs() } else if x == y { 0.0 } else { f64::INFINITY })
+        .map(|(x, y)| {
+            if x.is_finite() && y.is_finite() {
+                (x - y).abs()
+            } else if x == y {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        })
         .fold(0.0, f64::max)
 }
 
@@ -189,7 +201,11 @@ pub fn eps(dtype: DType) -> f64 {
 
 /// Runs STA through the public API on `BK` and checks it against the f64 oracle: the error may
 /// be at most 8 times the plain low-precision implementation's error (floored at a few ulps).
-pub fn check_sta<BK: SparseAttentionBackend>(c: &StaCase, device: &BK::Device, dtype: DType) -> Result<(), TestCaseError> {
+pub fn check_sta<BK: SparseAttentionBackend>(
+    c: &StaCase,
+    device: &BK::Device,
+    dtype: DType,
+) -> Result<(), TestCaseError> {
     let n = c.seq_len();
     let shape = [c.batch, c.heads, n, c.head_dim, c.value_dim];
     let x = inputs::<BK>(c.seed, shape, c.bias, device, dtype);
@@ -203,8 +219,15 @@ pub fn check_sta<BK: SparseAttentionBackend>(c: &StaCase, device: &BK::Device, d
     let toks = brute_tokens(c.canvas, c.tile, c.text, c.order);
     let spec = c.spec();
     let allowed = |h: usize, i: usize, j: usize| pattern_allows(&spec, c.canvas, c.tile, h, toks[i], toks[j]);
-    let (want_o, want_l) =
-        brute_attention(&x.qv, &x.kv, &x.vv, &x.biasv, [c.batch, c.heads, n, n, c.head_dim, c.value_dim], scale, allowed);
+    let (want_o, want_l) = brute_attention(
+        &x.qv,
+        &x.kv,
+        &x.vv,
+        &x.biasv,
+        [c.batch, c.heads, n, n, c.head_dim, c.value_dim],
+        scale,
+        allowed,
+    );
     let (low_o, low_l) = plain_attention(&x.qv, &x.kv, &x.vv, &x.biasv, shape, scale, dtype, allowed);
     let bound_o = 8.0 * max_abs_err(&low_o, &want_o).max(4.0 * eps(dtype));
     let bound_l = 8.0 * max_abs_err(&low_l, &want_l).max(16.0 * eps(dtype));
@@ -255,7 +278,8 @@ where
     }
 
     let layout = VideoLayout::new(c.canvas, c.tile, c.text).unwrap();
-    let map = BlockMap::from_mask(&AttentionMask::new(layout, c.spec()).unwrap(), TokenOrder::TileMajor, STA_PARTITION).unwrap();
+    let map = BlockMap::from_mask(&AttentionMask::new(layout, c.spec()).unwrap(), TokenOrder::TileMajor, STA_PARTITION)
+        .unwrap();
     let shape = [c.batch, c.heads, c.seq_len(), 16, 8];
     let got = grads::<BK>(c, &map, shape, device, DType::F32, true);
     let yardstick = grads::<BK>(c, &map, shape, device, DType::F32, false);
@@ -291,8 +315,12 @@ pub fn check_partial_fallback<BK: SparseAttentionBackend>(device: &BK::Device) {
     let text = TextSpec::before(4);
     let layout = VideoLayout::new(canvas, tile, text).unwrap();
     let spec = PatternSpec::Natten { window: [1, 3, 3] };
-    let map = BlockMap::from_mask(&AttentionMask::new(layout, spec.clone()).unwrap(), TokenOrder::Natural, BlockPartition::Uniform(8))
-        .unwrap();
+    let map = BlockMap::from_mask(
+        &AttentionMask::new(layout, spec.clone()).unwrap(),
+        TokenOrder::Natural,
+        BlockPartition::Uniform(8),
+    )
+    .unwrap();
     let n = layout.seq_len();
     let shape = [1, 2, n, 64, 64];
     let x = inputs::<BK>(9, shape, false, device, DType::F32);
@@ -304,15 +332,9 @@ pub fn check_partial_fallback<BK: SparseAttentionBackend>(device: &BK::Device) {
     let (want, _) = brute_attention(&x.qv, &x.kv, &x.vv, &[], [1, 2, n, n, 64, 64], scale, allowed);
     // The yardstick: the reference itself on this backend (its matmuls may run in TF32 on CUDA).
     // A kernel that ignored the partial blocks' masks would be off by O(1).
-    let yardstick = dit_attention::reference::block_sparse_attention_reference(
-        q2,
-        k2,
-        v2,
-        &map,
-        None,
-        AttentionOptions::default(),
-    )
-    .unwrap();
+    let yardstick =
+        dit_attention::reference::block_sparse_attention_reference(q2, k2, v2, &map, None, AttentionOptions::default())
+            .unwrap();
     let bound = 8.0 * max_abs_err(&values(yardstick.output), &want).max(1e-6);
     let err = max_abs_err(&values(r.output), &want);
     assert!(err <= bound, "error {err} > bound {bound}");
@@ -327,7 +349,10 @@ pub fn check_kernel_errors<BK: SparseAttentionBackend>(device: &BK::Device, unsu
     assert!(matches!(&err, DitAttentionError::Unsupported { what, .. } if what.contains("512")), "{err}");
     for &dtype in unsupported.iter().chain(&[DType::I32]) {
         let err = BK::sparse_attention_support(device, dtype, 64, 64).unwrap_err();
-        assert!(matches!(&err, DitAttentionError::Unsupported { what, .. } if what.contains(&format!("{dtype:?}"))), "{err}");
+        assert!(
+            matches!(&err, DitAttentionError::Unsupported { what, .. } if what.contains(&format!("{dtype:?}"))),
+            "{err}"
+        );
     }
 }
 
@@ -345,7 +370,8 @@ macro_rules! gpu_engine_suite {
             assert_eq!(path(DType::F16, 256), "portable CubeCL kernel");
             for dtype in float_types().0 {
                 for d in [64, 128] {
-                    let want = if $tensor_cores { "tensor-core (cmma) CubeCL kernel" } else { "portable CubeCL kernel" };
+                    let want =
+                        if $tensor_cores { "tensor-core (cmma) CubeCL kernel" } else { "portable CubeCL kernel" };
                     assert_eq!(path(dtype, d), want, "{dtype:?} d{d}");
                 }
             }

@@ -187,7 +187,9 @@ pub fn pattern_allows(
     use dit_attention::PatternSpec;
     let (Some(q), Some(k)) = (q, k) else { return true };
     match spec {
-        PatternSpec::Sta { windows } => sta_allows(canvas, tile, windows[if windows.len() == 1 { 0 } else { head }], q, k),
+        PatternSpec::Sta { windows } => {
+            sta_allows(canvas, tile, windows[if windows.len() == 1 { 0 } else { head }], q, k)
+        }
         PatternSpec::Natten { window } | PatternSpec::TiledNatten { window } => natten_allows(canvas, *window, q, k),
         PatternSpec::Swin { window, shift } => swin_allows(*window, *shift, q, k),
         PatternSpec::Clear { radius } => clear_allows(*radius, q, k),

@@ -46,6 +46,7 @@ pub fn pattern(canvas: Canvas, tile: TileShape) -> impl Strategy<Value = Pattern
     let swin = (1..=c[0], 1..=c[1], 1..=c[2])
         .prop_flat_map(|(a, b, d)| (Just([a, b, d]), 0..a, 0..b, 0..d))
         .prop_map(|(window, s0, s1, s2)| PatternSpec::Swin { window, shift: [s0, s1, s2] });
-    let clear = prop::sample::select(vec![0.5, 1.0, 1.5, 2.0f64.sqrt(), 2.2, 3.0, 5.0f64.sqrt(), 4.5, 1e20]).prop_map(|radius| PatternSpec::Clear { radius });
+    let clear = prop::sample::select(vec![0.5, 1.0, 1.5, 2.0f64.sqrt(), 2.2, 3.0, 5.0f64.sqrt(), 4.5, 1e20])
+        .prop_map(|radius| PatternSpec::Clear { radius });
     prop_oneof![sta, natten, tiled, swin, clear]
 }

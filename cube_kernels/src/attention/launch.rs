@@ -73,7 +73,14 @@ impl ForwardPath {
             KernelElem::F16 => half::f16::as_type_native_unchecked().storage_type(),
             KernelElem::BF16 => half::bf16::as_type_native_unchecked().storage_type(),
         };
-        let config = MmaConfig { a_type: ab, b_type: ab, cd_type: f32::as_type_native_unchecked().storage_type(), m: 16, n: 16, k: 16 };
+        let config = MmaConfig {
+            a_type: ab,
+            b_type: ab,
+            cd_type: f32::as_type_native_unchecked().storage_type(),
+            m: 16,
+            n: 16,
+            k: 16,
+        };
         if dims_fit(head_dim) && dims_fit(value_dim) && client.features().matmul.cmma.contains(&config) {
             ForwardPath::TensorCore
         } else {
