@@ -3,6 +3,7 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
+use cubecl::ir::StorageType;
 use cubecl::ir::features::MmaConfig;
 
 use super::portable::block_sparse_forward_portable;
@@ -68,19 +69,11 @@ impl ForwardPath {
     /// dims fit it; the portable path otherwise (decided from the runtime's features only).
     pub fn choose<R: Runtime>(client: &ComputeClient<R>, elem: KernelElem, head_dim: usize, value_dim: usize) -> Self {
         let dims_fit = |d: usize| d > 0 && d.is_multiple_of(16) && d <= 128;
-        let ab = match elem {
-            KernelElem::F32 => return ForwardPath::Portable,
-            KernelElem::F16 => half::f16::as_type_native_unchecked().storage_type(),
-            KernelElem::BF16 => half::bf16::as_type_native_unchecked().storage_type(),
-        };
-        let config = MmaConfig {
-            a_type: ab,
-            b_type: ab,
-            cd_type: f32::as_type_native_unchecked().storage_type(),
-            m: 16,
-            n: 16,
-            k: 16,
-        };
+        if elem == KernelElem::F32 {
+            return ForwardPath::Portable;
+        }
+        let ab = elem.storage_type();
+        let config = MmaConfig { a_type: ab, b_type: ab, cd_type: KernelElem::F32.storage_type(), m: 16, n: 16, k: 16 };
         if dims_fit(head_dim) && dims_fit(value_dim) && client.features().matmul.cmma.contains(&config) {
             ForwardPath::TensorCore
         } else {
@@ -223,12 +216,17 @@ pub enum KernelElem {
 impl KernelElem {
     /// Whether the runtime behind `client` can store and compute with this type (as it reports it).
     pub fn supported<R: Runtime>(self, client: &ComputeClient<R>) -> bool {
-        let ty = match self {
+        client.properties().supports_type(self.storage_type())
+    }
+
+    /// The type as cubecl's runtime features name it.
+    pub fn storage_type(self) -> StorageType {
+        match self {
             KernelElem::F32 => f32::as_type_native_unchecked(),
             KernelElem::F16 => half::f16::as_type_native_unchecked(),
             KernelElem::BF16 => half::bf16::as_type_native_unchecked(),
-        };
-        client.properties().supports_type(ty.storage_type())
+        }
+        .storage_type()
     }
 
     /// Bytes per element.
