@@ -34,6 +34,9 @@ struct Args {
     /// Heads.
     #[arg(long, default_value_t = 24)]
     heads: usize,
+    /// Also time our dense attention on the same inputs.
+    #[arg(long)]
+    dense: bool,
 }
 
 type B = Cuda<f32, i32>;
@@ -62,28 +65,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (q, k, v) = (rand(), rand(), rand());
     println!("path: {}", <B as SparseAttentionBackend>::sparse_attention_path(&device, dtype, d, d));
 
-    let warm = Instant::now();
-    let out = module.forward(q.clone(), k.clone(), v.clone())?;
-    B::sync(&device)?;
-    println!("first call (compiles the kernel): {:.1} ms", warm.elapsed().as_secs_f64() * 1e3);
-    let mut times = Vec::new();
-    for _ in 0..args.runs {
-        let t = Instant::now();
-        let o = module.forward(q.clone(), k.clone(), v.clone())?;
+    // Median of `runs` device-synchronised calls after one warm-up (compiling) call.
+    let time = |f: &dyn Fn() -> dit_attention::Result<Tensor<B, 4>>| -> Result<f64, Box<dyn std::error::Error>> {
+        let warm = Instant::now();
+        drop(f()?);
         B::sync(&device)?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        drop(o);
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    let flops = 4.0 * plan_pairs as f64 * d as f64 * heads as f64;
+        println!("  first call (compiles the kernel): {:.1} ms", warm.elapsed().as_secs_f64() * 1e3);
+        let mut times = Vec::new();
+        for _ in 0..args.runs {
+            let t = Instant::now();
+            drop(f()?);
+            B::sync(&device)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    };
+    let tflops = |pairs: f64, ms: f64| 4.0 * pairs * d as f64 * heads as f64 / ms / 1e9;
+    let out = module.forward(q.clone(), k.clone(), v.clone())?;
+    let median = time(&|| module.forward(q.clone(), k.clone(), v.clone()))?;
     println!(
         "ours STA {canvas:?} +{text} text, H{heads} d{d} {:?}: median {median:.2} ms over {} runs, {:.1} TFLOP/s effective, density {:.4}",
         dtype,
         args.runs,
-        flops / median / 1e9,
+        tflops(plan_pairs as f64, median),
         plan_pairs as f64 / (n * n) as f64
     );
+    // The same STA with natural-order input: the tile permutation fused into the kernel's loads.
+    let natural = config.clone().with_order(TokenOrder::Natural).init()?;
+    let natural_ms = time(&|| natural.forward(q.clone(), k.clone(), v.clone()))?;
+    println!(
+        "ours STA natural order (gathered loads): median {natural_ms:.2} ms, {:.1} TFLOP/s effective",
+        tflops(plan_pairs as f64, natural_ms)
+    );
+    let dense_ms = if args.dense {
+        let options = dit_attention::AttentionOptions::default();
+        let ms =
+            time(&|| dit_attention::dense_attention(q.clone(), k.clone(), v.clone(), None, options).map(|r| r.output))?;
+        println!("ours dense: median {ms:.2} ms, {:.1} TFLOP/s", tflops((n * n) as f64, ms));
+        Some(ms)
+    } else {
+        None
+    };
 
     std::fs::create_dir_all(&args.out)?;
     for (name, t) in [("q", q), ("k", k), ("v", v), ("out", out)] {
@@ -91,7 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let meta = serde_json::json!({
         "heads": heads, "n": n, "d": d, "canvas": canvas, "tile": [6, 8, 8], "window": [3, 3, 3], "text_after": text,
-        "order": "tile-major", "dtype": args.dtype, "path": <B as SparseAttentionBackend>::sparse_attention_path(&device, dtype, d, d), "median_ms": median, "runs": args.runs, "allowed_pairs_per_head": plan_pairs,
+        "order": "tile-major", "dtype": args.dtype, "path": <B as SparseAttentionBackend>::sparse_attention_path(&device, dtype, d, d), "median_ms": median, "natural_median_ms": natural_ms, "dense_median_ms": dense_ms, "runs": args.runs, "allowed_pairs_per_head": plan_pairs,
     });
     std::fs::write(args.out.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
     Ok(())

@@ -77,10 +77,14 @@ ours_ms = meta["median_ms"]
 print()
 print(f"| {'what':34s} | {'ms':>9s} | {'TF/s eff':>8s} | {'speed ours / it':>17s} |")
 print(f"|{'-' * 36}|{'-' * 11}|{'-' * 10}|{'-' * 19}|")
-for name, ms, flops in (
+table = [
     (f"ours STA {meta['dtype']} ({meta['path'].split(' CubeCL')[0]})", ours_ms, 4 * pairs * D),
+    ("ours STA, natural-order input", meta["natural_median_ms"], 4 * pairs * D),
     ("FlexAttention STA", flex_ms, 4 * pairs * D),
     ("cuDNN SDPA dense", cudnn_ms, 4 * N * N * D * H),
-):
+]
+if meta.get("dense_median_ms"):
+    table.insert(2, ("ours dense", meta["dense_median_ms"], 4 * N * N * D * H))
+for name, ms, flops in table:
     print(f"| {name:34s} | {ms:9.2f} | {flops / ms / 1e9:8.1f} | {ms / ours_ms:17.4f} |")
 print(f"density {pairs / (N * N * H):.4f}, block-mask sparsity {block_mask.sparsity():.2f}%")

@@ -16,4 +16,4 @@ fn supported(dtype: DType) -> bool {
     elem.supported(&CudaRuntime::client(&CudaDevice::default()))
 }
 
-gpu_engine_suite!(burn::backend::Cuda<f32, i32>, CubeBackend<CudaRuntime, f32, i32, u8>, CudaDevice::default(), supported, true);
+gpu_engine_suite!(burn::backend::Cuda<f32, i32>, CubeBackend<CudaRuntime, f32, i32, u8>, CudaDevice::default(), supported, "tensor-core (mma.sync) CubeCL kernel");

@@ -15,4 +15,4 @@ fn supported(dtype: DType) -> bool {
     elem.supported(&WgpuRuntime::client(&WgpuDevice::default()))
 }
 
-gpu_engine_suite!(burn::backend::Wgpu<f32, i32, u32>, CubeBackend<WgpuRuntime, f32, i32, u32>, WgpuDevice::default(), supported, false);
+gpu_engine_suite!(burn::backend::Wgpu<f32, i32, u32>, CubeBackend<WgpuRuntime, f32, i32, u32>, WgpuDevice::default(), supported, "portable CubeCL kernel");

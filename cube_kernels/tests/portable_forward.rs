@@ -4,7 +4,7 @@
 
 use cubecl::prelude::*;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
-use dit_attention_kernels::attention::{BlockMapArrays, ForwardProblem, forward_portable};
+use dit_attention_kernels::attention::{BlockMapArrays, ForwardProblem, KeyBlocks, forward_portable};
 use proptest::prelude::*;
 
 #[derive(Debug)]
@@ -153,7 +153,8 @@ proptest! {
         for (r, row) in c.rows.iter().enumerate() {
             indices[r * max_count..r * max_count + row.len()].copy_from_slice(row);
         }
-        let map = BlockMapArrays { q_starts: &c.starts, k_starts: &c.starts, counts: &counts, indices: &indices, max_count, map_heads: c.map_heads };
+        let blocks = KeyBlocks::Arrays { counts: &counts, indices: &indices, max_count, masks: None };
+        let map = BlockMapArrays { q_starts: &c.starts, k_starts: &c.starts, blocks, map_heads: c.map_heads, gather: None };
         let problem = ForwardProblem { batch: c.batch, heads: c.heads, q_len: c.n, k_len: c.n, head_dim: c.d, value_dim: c.dv, scale };
         let h = |x: &[f32]| client.create_from_slice(f32::as_bytes(x));
         let bias_arg = c.bias.then(|| (h(&bias), c.heads * c.n, c.n));

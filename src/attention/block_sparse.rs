@@ -46,7 +46,8 @@ impl BlockSparseAttentionConfig {
         AttentionOptions { scale: self.scale }.validate()?;
         let mask = AttentionMask::new(layout, self.pattern.clone())?;
         let map = Arc::new(BlockMap::from_mask(&mask, self.order, self.partition)?);
-        Ok(BlockSparseAttention { scale: self.scale, map })
+        // The scale is set per call; the plan keeps its kernel arrays between calls.
+        Ok(BlockSparseAttention { scale: self.scale, plan: KernelPlan::from_map(map, 1.0) })
     }
 }
 
@@ -56,13 +57,13 @@ pub struct BlockSparseAttention {
     #[module(skip)]
     scale: Option<f64>,
     #[module(skip)]
-    map: Arc<BlockMap>,
+    plan: KernelPlan,
 }
 
 impl BlockSparseAttention {
     /// The block map.
     pub fn block_map(&self) -> &BlockMap {
-        &self.map
+        self.plan.map().expect("built from a block map")
     }
 
     /// Attention output.
@@ -92,7 +93,7 @@ impl BlockSparseAttention {
         bias: Option<Tensor<B, 3>>,
     ) -> crate::Result<AttentionOutput<B>> {
         let options = AttentionOptions { scale: self.scale };
-        let plan = KernelPlan::from_map(self.map.clone(), options.scale_for(q.dims()[3]));
+        let plan = self.plan.with_scale(options.scale_for(q.dims()[3]));
         attention_with_plan(q, k, v, bias, &plan)
     }
 }

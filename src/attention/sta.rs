@@ -53,17 +53,20 @@ impl SlidingTileAttentionConfig {
         let layout = self.layout()?;
         let mask = AttentionMask::new(layout, PatternSpec::Sta { windows: self.windows.clone() })?;
         // Fast path: windows covering every tile are dense attention, in any token order.
-        let map = if mask.covers_everything() {
+        let plan = if mask.covers_everything() {
             None
         } else {
-            Some(Arc::new(BlockMap::from_mask(&mask, TokenOrder::TileMajor, BlockPartition::PerTile)?))
+            let map = Arc::new(BlockMap::from_mask(&mask, TokenOrder::TileMajor, BlockPartition::PerTile)?);
+            // The scale is set per call (it may depend on the head dim).
+            let plan = KernelPlan::sta(map, &self.windows, 1.0)?;
+            // Natural-order input: kernels gather rows through the permutation as they load them.
+            let permutation = TokenPermutation::to_tile_major(&layout);
+            Some(match self.order {
+                TokenOrder::Natural if !permutation.is_identity() => plan.with_gather(Arc::new(permutation))?,
+                _ => plan,
+            })
         };
-        let permutation = (map.is_some() && self.order == TokenOrder::Natural)
-            .then(|| Arc::new(TokenPermutation::to_tile_major(&layout)));
-        Ok(SlidingTileAttention {
-            config: self.clone(),
-            prepared: Prepared { layout, mask_heads: mask.heads(), map, permutation },
-        })
+        Ok(SlidingTileAttention { config: self.clone(), prepared: Prepared { layout, mask_heads: mask.heads(), plan } })
     }
 }
 
@@ -72,8 +75,8 @@ impl SlidingTileAttentionConfig {
 struct Prepared {
     layout: VideoLayout,
     mask_heads: usize,
-    map: Option<Arc<BlockMap>>,
-    permutation: Option<Arc<TokenPermutation>>,
+    /// `None` on the dense fast path.
+    plan: Option<KernelPlan>,
 }
 
 /// Sliding Tile Attention as a module (no parameters): swap it in for a DiT's attention core.
@@ -93,7 +96,7 @@ impl SlidingTileAttention {
 
     /// The prepared block map (`None` when the windows cover the canvas: dense attention).
     pub fn block_map(&self) -> Option<&BlockMap> {
-        self.prepared.map.as_deref()
+        self.prepared.plan.as_ref().and_then(|p| p.map()).map(|m| m.as_ref())
     }
 
     /// Attention output.
@@ -136,16 +139,11 @@ impl SlidingTileAttention {
         let options = AttentionOptions { scale: self.config.scale };
         options.validate()?;
         let scale = options.scale_for(q.dims()[3]);
-        let plan = match &p.map {
-            Some(map) => KernelPlan::from_map(map.clone(), scale),
+        let plan = match &p.plan {
+            Some(plan) => plan.with_scale(scale),
             None => KernelPlan::dense(q.dims()[2], k.dims()[2], scale),
         };
-        let Some(perm) = &p.permutation else {
-            return attention_with_plan(q, k, v, bias, &plan);
-        };
-        let bias = bias.map(|b| perm.apply(b, 2)).transpose()?;
-        let r = attention_with_plan(perm.apply(q, 2)?, perm.apply(k, 2)?, perm.apply(v, 2)?, bias, &plan)?;
-        Ok(AttentionOutput { output: perm.apply_inverse(r.output, 2)?, lse: perm.apply_inverse(r.lse, 2)? })
+        attention_with_plan(q, k, v, bias, &plan)
     }
 }
 

@@ -53,14 +53,24 @@ pub fn reference_forward<B: Backend>(
     bias: Option<FloatTensor<B>>,
     plan: &KernelPlan,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let (q, k, v) = (wrap::<B, 4>(q), wrap::<B, 4>(k), wrap::<B, 4>(v));
-    let bias = bias.map(wrap::<B, 3>);
+    let valid = "inputs are validated by crate::attention before they reach a backend";
+    let (mut q, mut k, mut v) = (wrap::<B, 4>(q), wrap::<B, 4>(k), wrap::<B, 4>(v));
+    let mut bias = bias.map(wrap::<B, 3>);
+    // Inputs in another order than the map's: into the map's order and back.
+    if let Some(g) = plan.gather() {
+        (q, k, v) = (g.apply(q, 2).expect(valid), g.apply(k, 2).expect(valid), g.apply(v, 2).expect(valid));
+        bias = bias.map(|b| g.apply(b, 2).expect(valid));
+    }
     let options = AttentionOptions::with_scale(plan.scale());
-    let result = match plan.map() {
+    let mut result = match plan.map() {
         Some(map) => block_sparse_attention_reference(q, k, v, map, bias, options),
         None => dense_attention_reference(q, k, v, None, bias, options),
     }
-    .expect("inputs are validated by crate::attention before they reach a backend");
+    .expect(valid);
+    if let Some(g) = plan.gather() {
+        result.output = g.apply_inverse(result.output, 2).expect(valid);
+        result.lse = g.apply_inverse(result.lse, 2).expect(valid);
+    }
     (result.output.into_primitive().tensor(), result.lse.into_primitive().tensor())
 }
 

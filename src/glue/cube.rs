@@ -4,9 +4,7 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous, tensor::CubeTensor,
 };
-use dit_attention_kernels::attention::{
-    BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, TC_ROWS, forward_elem,
-};
+use dit_attention_kernels::attention::{ForwardPath, ForwardProblem, KernelElem, TC_ROWS, forward_elem};
 
 use super::backend::{SparseAttentionBackend, reference_forward, unwrap, wrap};
 use crate::error::{DitAttentionError, Result};
@@ -92,9 +90,8 @@ where
         plan: &KernelPlan,
     ) -> (CubeTensor<R>, CubeTensor<R>) {
         let elem = kernel_elem(q.dtype);
-        // Partial blocks need an in-block mask the kernel does not have yet: the reference is exact.
         // The LSE is f32 on this backend whichever path runs (the fusion layer declares it so).
-        if plan.has_partial() || elem.is_none() {
+        if elem.is_none() {
             let (out, lse) = reference_forward::<Self>(q, k, v, bias, plan);
             return (out, unwrap(wrap::<Self, 3>(lse).cast(DType::F32)));
         }
@@ -111,14 +108,7 @@ where
             let head_stride = if bs[1] == 1 { 0 } else { k_len };
             (b.handle.clone(), batch_stride, head_stride)
         });
-        let map = BlockMapArrays {
-            q_starts: plan.q_starts(),
-            k_starts: plan.k_starts(),
-            counts: plan.counts(),
-            indices: plan.indices(),
-            max_count: plan.max_count().max(1),
-            map_heads: plan.map_heads(),
-        };
+        let map = plan.kernel_arrays();
         let problem = ForwardProblem { batch, heads, q_len, k_len, head_dim, value_dim, scale: plan.scale() as f32 };
         let path = ForwardPath::choose(&q.client, elem, head_dim, value_dim);
         let (qh, kh, vh) = (q.handle.clone(), k.handle.clone(), v.handle.clone());

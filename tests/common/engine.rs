@@ -58,6 +58,24 @@ pub fn sta_case() -> impl Strategy<Value = StaCase> {
         })
 }
 
+/// A fixed natural-order STA problem whose tile permutation moves most tokens (ragged tiles,
+/// per-head windows, text after, bias).
+pub fn natural_order_sta_case() -> StaCase {
+    StaCase {
+        canvas: Canvas::new(3, 5, 7).unwrap(),
+        tile: TileShape::new(2, 2, 3).unwrap(),
+        windows: vec![[1, 1, 1], [1, 3, 1]],
+        text: TextSpec::after(3),
+        order: TokenOrder::Natural,
+        batch: 1,
+        heads: 2,
+        head_dim: 64,
+        value_dim: 64,
+        bias: true,
+        seed: 11,
+    }
+}
+
 impl StaCase {
     pub fn config(&self) -> SlidingTileAttentionConfig {
         SlidingTileAttentionConfig::new(self.canvas.dims(), self.tile.dims(), self.windows.clone())
@@ -209,25 +227,31 @@ pub fn check_sta<BK: SparseAttentionBackend>(
     let n = c.seq_len();
     let shape = [c.batch, c.heads, n, c.head_dim, c.value_dim];
     let x = inputs::<BK>(c.seed, shape, c.bias, device, dtype);
-    let scale = 1.0 / (c.head_dim as f64).sqrt();
-    let got: AttentionOutput<BK> = dit_attention::sliding_tile_attention(x.q, x.k, x.v, &c.config(), x.bias)
-        .map_err(|e| TestCaseError::fail(format!("{e}")))?;
-    let (out, lse) = (values(got.output), values(got.lse));
-    prop_assert_eq!(out.len(), c.batch * c.heads * n * c.value_dim);
-    prop_assert!(out.iter().all(|x| x.is_finite()), "every output element written and finite");
-
+    let got: AttentionOutput<BK> =
+        dit_attention::sliding_tile_attention(x.q.clone(), x.k.clone(), x.v.clone(), &c.config(), x.bias.clone())
+            .map_err(|e| TestCaseError::fail(format!("{e}")))?;
     let toks = brute_tokens(c.canvas, c.tile, c.text, c.order);
     let spec = c.spec();
     let allowed = |h: usize, i: usize, j: usize| pattern_allows(&spec, c.canvas, c.tile, h, toks[i], toks[j]);
-    let (want_o, want_l) = brute_attention(
-        &x.qv,
-        &x.kv,
-        &x.vv,
-        &x.biasv,
-        [c.batch, c.heads, n, n, c.head_dim, c.value_dim],
-        scale,
-        allowed,
-    );
+    check_against_oracle(got, &x, shape, dtype, allowed)
+}
+
+/// Compares an engine result on inputs `x` with the f64 oracle over the pairs `allowed` lets
+/// through: the error may be at most 8 times the plain low-precision implementation's error
+/// (floored at a few ulps); every output element must be written and finite.
+pub fn check_against_oracle<BK: SparseAttentionBackend>(
+    got: AttentionOutput<BK>,
+    x: &Inputs<BK>,
+    shape: [usize; 5],
+    dtype: DType,
+    allowed: impl Fn(usize, usize, usize) -> bool + Copy,
+) -> Result<(), TestCaseError> {
+    let [b, h, n, d, dv] = shape;
+    let scale = 1.0 / (d as f64).sqrt();
+    let (out, lse) = (values(got.output), values(got.lse));
+    prop_assert_eq!(out.len(), b * h * n * dv);
+    prop_assert!(out.iter().all(|x| x.is_finite()), "every output element written and finite");
+    let (want_o, want_l) = brute_attention(&x.qv, &x.kv, &x.vv, &x.biasv, [b, h, n, n, d, dv], scale, allowed);
     let (low_o, low_l) = plain_attention(&x.qv, &x.kv, &x.vv, &x.biasv, shape, scale, dtype, allowed);
     let bound_o = 8.0 * max_abs_err(&low_o, &want_o).max(4.0 * eps(dtype));
     let bound_l = 8.0 * max_abs_err(&low_l, &want_l).max(16.0 * eps(dtype));
@@ -235,6 +259,73 @@ pub fn check_sta<BK: SparseAttentionBackend>(
     prop_assert!(eo <= bound_o, "output error {} > bound {} ({:?})", eo, bound_o, dtype);
     prop_assert!(el <= bound_l, "lse error {} > bound {} ({:?})", el, bound_l, dtype);
     Ok(())
+}
+
+/// One random local-pattern problem on a block map with partial blocks (any pattern, any
+/// order, uniform blocks of 1..=40 tokens or one per tile).
+#[derive(Debug, Clone)]
+pub struct PatternCase {
+    pub canvas: Canvas,
+    pub tile: TileShape,
+    pub spec: PatternSpec,
+    pub text: TextSpec,
+    pub order: TokenOrder,
+    pub partition: BlockPartition,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub value_dim: usize,
+    pub bias: bool,
+    pub seed: u64,
+}
+
+pub fn pattern_case() -> impl Strategy<Value = PatternCase> {
+    (canvas_and_tile(), text(), super::strategies::order())
+        .prop_flat_map(|((canvas, tile), text, order)| {
+            let partition = prop_oneof![
+                (1usize..=40).prop_map(BlockPartition::Uniform),
+                Just(if order == TokenOrder::TileMajor { BlockPartition::PerTile } else { BlockPartition::Uniform(7) }),
+            ];
+            let dims = prop::sample::select(vec![(64usize, 64usize), (128, 128), (64, 3)]);
+            (
+                Just((canvas, tile, text, order)),
+                super::strategies::pattern(canvas, tile),
+                partition,
+                dims,
+                (any::<bool>(), any::<u64>()),
+            )
+        })
+        .prop_map(|((canvas, tile, text, order), spec, partition, (head_dim, value_dim), (bias, seed))| {
+            let heads = match &spec {
+                PatternSpec::Sta { windows } => windows.len(),
+                _ => 2,
+            };
+            PatternCase { canvas, tile, spec, text, order, partition, heads, head_dim, value_dim, bias, seed }
+        })
+}
+
+/// A local pattern through [`dit_attention::BlockSparseAttention`] (index lists, partial blocks
+/// masked in the kernel) against the f64 oracle.
+pub fn check_pattern<BK: SparseAttentionBackend>(
+    c: &PatternCase,
+    device: &BK::Device,
+    dtype: DType,
+) -> Result<(), TestCaseError> {
+    use dit_attention::BlockSparseAttentionConfig;
+    let n = c.canvas.len() + c.text.len;
+    let shape = [1, c.heads, n, c.head_dim, c.value_dim];
+    let x = inputs::<BK>(c.seed, shape, c.bias, device, dtype);
+    let module = BlockSparseAttentionConfig::new(c.canvas.dims(), c.tile.dims(), c.spec.clone())
+        .with_text(c.text)
+        .with_order(c.order)
+        .with_partition(c.partition)
+        .init()
+        .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    let got = module
+        .forward_with(x.q.clone(), x.k.clone(), x.v.clone(), x.bias.clone())
+        .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    let toks = brute_tokens(c.canvas, c.tile, c.text, c.order);
+    let allowed = |h: usize, i: usize, j: usize| pattern_allows(&c.spec, c.canvas, c.tile, h, toks[i], toks[j]);
+    check_against_oracle(got, &x, shape, dtype, allowed)
 }
 
 /// The block partition STA uses (for tests that build the map themselves).
@@ -306,40 +397,6 @@ pub fn check_dense_cross<BK: SparseAttentionBackend>(device: &BK::Device) {
     assert!(max_abs_err(&values(r.lse), &want_l) < 1e-4);
 }
 
-/// A natural-order NATTEN map has partial blocks: the kernel backends hand it to the exact
-/// reference, which must agree with the oracle.
-pub fn check_partial_fallback<BK: SparseAttentionBackend>(device: &BK::Device) {
-    use dit_attention::{AttentionMask, AttentionOptions, BlockMap, VideoLayout, block_sparse_attention};
-    let canvas = Canvas::new(2, 5, 6).unwrap();
-    let tile = TileShape::new(1, 2, 3).unwrap();
-    let text = TextSpec::before(4);
-    let layout = VideoLayout::new(canvas, tile, text).unwrap();
-    let spec = PatternSpec::Natten { window: [1, 3, 3] };
-    let map = BlockMap::from_mask(
-        &AttentionMask::new(layout, spec.clone()).unwrap(),
-        TokenOrder::Natural,
-        BlockPartition::Uniform(8),
-    )
-    .unwrap();
-    let n = layout.seq_len();
-    let shape = [1, 2, n, 64, 64];
-    let x = inputs::<BK>(9, shape, false, device, DType::F32);
-    let (q2, k2, v2) = (x.q.clone(), x.k.clone(), x.v.clone());
-    let r = block_sparse_attention(x.q, x.k, x.v, &map, None, AttentionOptions::default()).unwrap();
-    let toks = brute_tokens(canvas, tile, text, TokenOrder::Natural);
-    let allowed = |h: usize, i: usize, j: usize| pattern_allows(&spec, canvas, tile, h, toks[i], toks[j]);
-    let scale = 1.0 / 8.0;
-    let (want, _) = brute_attention(&x.qv, &x.kv, &x.vv, &[], [1, 2, n, n, 64, 64], scale, allowed);
-    // The yardstick: the reference itself on this backend (its matmuls may run in TF32 on CUDA).
-    // A kernel that ignored the partial blocks' masks would be off by O(1).
-    let yardstick =
-        dit_attention::reference::block_sparse_attention_reference(q2, k2, v2, &map, None, AttentionOptions::default())
-            .unwrap();
-    let bound = 8.0 * max_abs_err(&values(yardstick.output), &want).max(1e-6);
-    let err = max_abs_err(&values(r.output), &want);
-    assert!(err <= bound, "error {err} > bound {bound}");
-}
-
 /// Errors on the kernel path: a head dim beyond it, an integer dtype, a float type the runtime
 /// does not report (checked without creating such tensors, which burn itself cannot hold there).
 pub fn check_kernel_errors<BK: SparseAttentionBackend>(device: &BK::Device, unsupported: &[DType]) {
@@ -357,11 +414,11 @@ pub fn check_kernel_errors<BK: SparseAttentionBackend>(device: &BK::Device, unsu
 }
 
 /// The GPU suite for one runtime: `$fused` (burn's default backend type), `$unfused`
-/// (`CubeBackend`), a device, whether f16 / bf16 are reported by the runtime, and whether the
-/// runtime must take the tensor-core path for half-precision head dims 64 and 128.
+/// (`CubeBackend`), a device, whether f16 / bf16 are reported by the runtime, and the path the
+/// runtime must take for half-precision head dims 64 and 128.
 #[macro_export]
 macro_rules! gpu_engine_suite {
-    ($fused:ty, $unfused:ty, $device:expr, $supported:expr, $tensor_cores:expr) => {
+    ($fused:ty, $unfused:ty, $device:expr, $supported:expr, $half_path:expr) => {
         #[test]
         fn the_path_follows_the_runtime_features() {
             use dit_attention::SparseAttentionBackend;
@@ -370,9 +427,7 @@ macro_rules! gpu_engine_suite {
             assert_eq!(path(DType::F16, 256), "portable CubeCL kernel");
             for dtype in float_types().0 {
                 for d in [64, 128] {
-                    let want =
-                        if $tensor_cores { "tensor-core (cmma) CubeCL kernel" } else { "portable CubeCL kernel" };
-                    assert_eq!(path(dtype, d), want, "{dtype:?} d{d}");
+                    assert_eq!(path(dtype, d), $half_path, "{dtype:?} d{d}");
                 }
             }
         }
@@ -398,6 +453,14 @@ macro_rules! gpu_engine_suite {
                     check_sta::<$fused>(&c, &$device, dtype)?;
                 }
             }
+
+            #[test]
+            fn partial_blocks_are_masked_in_the_kernel(c in pattern_case()) {
+                check_pattern::<$fused>(&c, &$device, DType::F32)?;
+                for dtype in float_types().0 {
+                    check_pattern::<$fused>(&c, &$device, dtype)?;
+                }
+            }
         }
 
         proptest! {
@@ -415,13 +478,13 @@ macro_rules! gpu_engine_suite {
         }
 
         #[test]
-        fn dense_kernel_with_cross_lengths_and_bias() {
-            check_dense_cross::<$fused>(&$device);
+        fn sta_kernel_gathers_natural_order_in_its_loads() {
+            check_sta::<$fused>(&natural_order_sta_case(), &$device, DType::F32).unwrap();
         }
 
         #[test]
-        fn partial_block_maps_fall_back_to_the_exact_reference() {
-            check_partial_fallback::<$fused>(&$device);
+        fn dense_kernel_with_cross_lengths_and_bias() {
+            check_dense_cross::<$fused>(&$device);
         }
 
         #[test]

@@ -4,11 +4,13 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use cubecl::ir::StorageType;
-use cubecl::ir::features::MmaConfig;
+use cubecl::ir::features::{MmaConfig, Plane};
 
+use super::common::{MapConfig, MapSource, SparseMapLaunch};
+use super::mma::block_sparse_forward_mma;
 use super::portable::block_sparse_forward_portable;
 use super::tensor_core::{TC_ROWS, TC_WARPS, block_sparse_forward_tensor_core};
-use super::tiles::portable_tiles;
+use super::tiles::{mma_warps, portable_tiles};
 
 /// Shapes of one forward call. Tensors are contiguous `[batch * heads, len, dim]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +31,28 @@ pub struct ForwardProblem {
     pub scale: f32,
 }
 
+/// Where the key blocks of each query block come from.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyBlocks<'a> {
+    /// Count and index list per map row (`map_heads * nqb` rows).
+    Arrays {
+        /// Visited key blocks per map row.
+        counts: &'a [u32],
+        /// `rows x max_count` key block indices.
+        indices: &'a [u32],
+        /// Row stride of `indices`.
+        max_count: usize,
+        /// In-block masks of partial entries: `(offsets, bits)` as [`super::SparseMap`] reads
+        /// them; `None` when every visited block is full.
+        masks: Option<(&'a [u32], &'a [u32])>,
+    },
+    /// Every key block (dense attention).
+    All,
+    /// The STA window of each query tile plus the text blocks, from
+    /// [`super::StaGeometry::to_kernel_array`].
+    Sta(&'a [u32]),
+}
+
 /// A block map as the kernel reads it.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockMapArrays<'a> {
@@ -36,14 +60,25 @@ pub struct BlockMapArrays<'a> {
     pub q_starts: &'a [u32],
     /// Key block boundaries, the last one `k_len`.
     pub k_starts: &'a [u32],
-    /// Visited key blocks per map row (`map_heads * nqb` rows).
-    pub counts: &'a [u32],
-    /// `rows x max_count` key block indices.
-    pub indices: &'a [u32],
-    /// Row stride of `indices`.
-    pub max_count: usize,
+    /// The visited key blocks.
+    pub blocks: KeyBlocks<'a>,
     /// 1 (shared by all heads) or the number of heads.
     pub map_heads: usize,
+    /// Input row of each map position (self-attention: queries and keys share it), or `None`
+    /// when the inputs are in the map's order.
+    pub gather: Option<&'a [u32]>,
+}
+
+impl BlockMapArrays<'_> {
+    /// The kernel's comptime map configuration.
+    pub fn config(&self) -> MapConfig {
+        let (source, partial) = match self.blocks {
+            KeyBlocks::Arrays { masks, .. } => (MapSource::Arrays, masks.is_some()),
+            KeyBlocks::All => (MapSource::All, false),
+            KeyBlocks::Sta(_) => (MapSource::Sta, false),
+        };
+        MapConfig { source, partial, gathered: self.gather.is_some() }
+    }
 }
 
 /// Output buffers of a forward call.
@@ -62,6 +97,9 @@ pub enum ForwardPath {
     /// cmma 16x16x16 tiles: f16 / bf16 where the runtime reports them with f32 accumulation,
     /// head dims multiples of 16 up to 128.
     TensorCore,
+    /// Register-level MMA (m16n8k16) with plane shuffles: f16 / bf16 where the runtime reports
+    /// manual MMA and plane operations, head dims multiples of 16 up to 128.
+    Mma,
 }
 
 impl ForwardPath {
@@ -72,20 +110,29 @@ impl ForwardPath {
         if elem == KernelElem::F32 {
             return ForwardPath::Portable;
         }
+        if !(dims_fit(head_dim) && dims_fit(value_dim)) {
+            return ForwardPath::Portable;
+        }
         let ab = elem.storage_type();
-        let config = MmaConfig { a_type: ab, b_type: ab, cd_type: KernelElem::F32.storage_type(), m: 16, n: 16, k: 16 };
-        if dims_fit(head_dim) && dims_fit(value_dim) && client.features().matmul.cmma.contains(&config) {
+        let cd = KernelElem::F32.storage_type();
+        let features = client.features();
+        let manual = MmaConfig { a_type: ab, b_type: ab, cd_type: cd, m: 16, n: 8, k: 16 };
+        let cmma = MmaConfig { a_type: ab, b_type: ab, cd_type: cd, m: 16, n: 16, k: 16 };
+        if features.matmul.mma.contains(&manual) && features.plane.contains(Plane::Ops) {
+            ForwardPath::Mma
+        } else if features.matmul.cmma.contains(&cmma) {
             ForwardPath::TensorCore
         } else {
             ForwardPath::Portable
         }
     }
 
-    /// Query rows per cube.
-    pub fn rows_per_cube(self, head_dim: usize, value_dim: usize, elem_bytes: usize) -> usize {
+    /// Query rows per cube, for query blocks of at most `max_block` rows.
+    pub fn rows_per_cube(self, head_dim: usize, value_dim: usize, elem_bytes: usize, max_block: usize) -> usize {
         match self {
             ForwardPath::Portable => portable_tiles(head_dim, value_dim, elem_bytes).rows_per_cube,
             ForwardPath::TensorCore => TC_ROWS,
+            ForwardPath::Mma => 16 * mma_warps(max_block),
         }
     }
 
@@ -94,6 +141,7 @@ impl ForwardPath {
         match self {
             ForwardPath::Portable => "portable CubeCL kernel",
             ForwardPath::TensorCore => "tensor-core (cmma) CubeCL kernel",
+            ForwardPath::Mma => "tensor-core (mma.sync) CubeCL kernel",
         }
     }
 }
@@ -126,17 +174,33 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
 ) -> ForwardOutput {
     let bh = p.batch * p.heads;
     let n_blocks = map.q_starts.len() - 1;
-    let rows_per_cube = path.rows_per_cube(p.head_dim, p.value_dim, size_of::<F>());
     let max_block = map.q_starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
+    let rows_per_cube = path.rows_per_cube(p.head_dim, p.value_dim, size_of::<F>(), max_block);
     let chunks = max_block.div_ceil(rows_per_cube).max(1);
 
-    let q_starts = client.create_from_slice(u32::as_bytes(map.q_starts));
-    let k_starts = client.create_from_slice(u32::as_bytes(map.k_starts));
-    let counts = client.create_from_slice(u32::as_bytes(map.counts));
-    // A zero-length buffer is not allowed: pad empty index lists with one entry.
-    let idx_pad = [0u32];
-    let idx = if map.indices.is_empty() { &idx_pad[..] } else { map.indices };
-    let indices = client.create_from_slice(u32::as_bytes(idx));
+    // Unused arrays still need a buffer: one dummy element.
+    let upload = |data: Option<&[u32]>| {
+        let data = data.filter(|d| !d.is_empty()).unwrap_or(&[0u32]);
+        (client.create_from_slice(u32::as_bytes(data)), data.len())
+    };
+    let (counts, indices, max_count, masks, sta) = match map.blocks {
+        KeyBlocks::Arrays { counts, indices, max_count, masks } => {
+            (Some(counts), Some(indices), max_count.max(1), masks, None)
+        }
+        KeyBlocks::All => (None, None, 1, None, None),
+        KeyBlocks::Sta(sta) => (None, None, 1, None, Some(sta)),
+    };
+    let arrays = [
+        upload(Some(map.q_starts)),
+        upload(Some(map.k_starts)),
+        upload(counts),
+        upload(indices),
+        upload(masks.map(|m| m.0)),
+        upload(masks.map(|m| m.1)),
+        upload(sta),
+        upload(map.gather),
+    ];
+    let config = map.config();
     let out = client.empty(bh * p.q_len * p.value_dim * size_of::<F>());
     let lse = client.empty(bh * p.q_len * size_of::<f32>());
     let (bias_h, bias_len, bbs, bhs, has_bias) = match bias {
@@ -158,17 +222,17 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
                 arr(&k, bh * p.k_len * p.head_dim),
                 arr(&v, bh * p.k_len * p.value_dim),
                 arr(&bias_h, bias_len),
-                arr(&q_starts, map.q_starts.len()),
-                arr(&k_starts, map.k_starts.len()),
-                arr(&counts, map.counts.len()),
-                arr(&indices, idx.len()),
+                {
+                    let [a0, a1, a2, a3, a4, a5, a6, a7] = arrays.each_ref().map(|(h, len)| arr(h, *len));
+                    SparseMapLaunch::new(a0, a1, a2, a3, a4, a5, a6, a7)
+                },
                 arr(&out, bh * p.q_len * p.value_dim),
                 arr(&lse, bh * p.q_len),
                 p.q_len as u32,
                 p.k_len as u32,
                 p.heads as u32,
                 map.map_heads as u32,
-                map.max_count as u32,
+                max_count as u32,
                 chunks as u32,
                 bbs as u32,
                 bhs as u32,
@@ -188,7 +252,8 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
                 p.value_dim,
                 tiles.rows_per_cube,
                 tiles.tile_k,
-                has_bias
+                has_bias,
+                config
             )
         }
         ForwardPath::TensorCore => launch_with!(
@@ -196,7 +261,17 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
             CubeDim::new_2d(32, TC_WARPS as u32),
             p.head_dim,
             p.value_dim,
-            has_bias
+            has_bias,
+            config
+        ),
+        ForwardPath::Mma => launch_with!(
+            block_sparse_forward_mma,
+            CubeDim::new_2d(32, (rows_per_cube / 16) as u32),
+            p.head_dim,
+            p.value_dim,
+            has_bias,
+            config,
+            rows_per_cube / 16
         ),
     }
     ForwardOutput { out, lse }

@@ -5,20 +5,21 @@
 
 use cubecl::prelude::*;
 
-use super::common::{load_rows, write_row};
+use super::common::{
+    MapConfig, SparseMap, finish_score, input_row, key_block, load_rows, mask_offset, visits, weight, write_row,
+};
 
 /// The running maximum's starting value: WGSL has no infinity literal, and `exp(m - m_new)` must
 /// stay finite before the first key arrives. Rows with no key get the `empty_lse` argument.
 pub const NEG_BIG: f32 = -1.0e30;
 
-/// Forward pass over a block map given as index arrays.
+/// Forward pass over a block map.
 ///
 /// Layouts (row-major, contiguous): `q [bh, nq, head_dim]`, `k [bh, nk, head_dim]`,
 /// `v [bh, nk, value_dim]`, `out [bh, nq, value_dim]`, `lse [bh, nq]`; `bias` holds one value per
-/// key, addressed `b * bias_b_stride + h * bias_h_stride + key` (ignored unless `has_bias`).
-/// Query block `i` is rows `q_starts[i]..q_starts[i + 1]`, key block `j` keys
-/// `k_starts[j]..k_starts[j + 1]`; map row `r = (map_heads == 1 ? 0 : h) * nqb + qb` visits key
-/// blocks `indices[r * max_count + e]` for `e < counts[r]`. A row with no key gets output 0 and
+/// key, addressed `b * bias_b_stride + h * bias_h_stride + key` (ignored unless `has_bias`). The
+/// map ([`SparseMap`], shaped by `config`) names the key blocks of each query block, their
+/// in-block masks, and the input row of each map position. A row with no key gets output 0 and
 /// LSE `empty_lse` (the host passes `-inf`). The cube grid is `(nqb * chunks_per_block, bh)`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -27,10 +28,7 @@ pub fn block_sparse_forward_portable<F: Float>(
     k: &Array<F>,
     v: &Array<F>,
     bias: &Array<F>,
-    q_starts: &Array<u32>,
-    k_starts: &Array<u32>,
-    counts: &Array<u32>,
-    indices: &Array<u32>,
+    map: SparseMap,
     out: &mut Array<F>,
     lse: &mut Array<f32>,
     q_len: u32,
@@ -48,6 +46,7 @@ pub fn block_sparse_forward_portable<F: Float>(
     #[comptime] rows_per_cube: usize,
     #[comptime] tile_k: usize,
     #[comptime] has_bias: bool,
+    #[comptime] config: MapConfig,
 ) {
     let nq = q_len as usize;
     let nk = k_len as usize;
@@ -56,21 +55,19 @@ pub fn block_sparse_forward_portable<F: Float>(
     let b = bh / heads as usize;
     let qb = (CUBE_POS_X / chunks_per_block) as usize;
     let chunk = (CUBE_POS_X % chunks_per_block) as usize;
-    let n_q_blocks = q_starts.len() - 1;
-    let mut map_row = qb;
-    if map_heads != 1 {
-        map_row = h * n_q_blocks + qb;
-    }
-    let q_end = q_starts[qb + 1] as usize;
-    let row = q_starts[qb] as usize + chunk * rows_per_cube + UNIT_POS as usize;
+    let q_start = map.q_starts[qb] as usize;
+    let q_end = map.q_starts[qb + 1] as usize;
+    let row = q_start + chunk * rows_per_cube + UNIT_POS as usize;
     let active = row < q_end;
+    let row_in = input_row(&map, row, config.gathered);
+    let bias_base = b * bias_b_stride as usize + h * bias_h_stride as usize;
 
     // The query row, pre-scaled, in registers.
     let mut q_reg = Array::<f32>::new(head_dim);
     for x in 0..head_dim {
         let mut val = 0.0f32;
         if active {
-            val = f32::cast_from(q[(bh * nq + row) * head_dim + x]) * scale;
+            val = f32::cast_from(q[(bh * nq + row_in) * head_dim + x]) * scale;
         }
         q_reg[x] = val;
     }
@@ -85,17 +82,45 @@ pub fn block_sparse_forward_portable<F: Float>(
     let mut k_tile = SharedMemory::<F>::new(tile_k * head_dim);
     let mut v_tile = SharedMemory::<F>::new(tile_k * value_dim);
 
-    let count = counts[map_row] as usize;
-    for e in 0..count {
-        let kb = indices[map_row * max_count as usize + e] as usize;
-        let k_start = k_starts[kb] as usize;
-        let k_end = k_starts[kb + 1] as usize;
+    let vis = visits(&map, qb, h, map_heads, config);
+    for e in 0..vis.count {
+        let kb = key_block(&map, &vis, e, max_count, config);
+        let k_start = map.k_starts[kb] as usize;
+        let k_end = map.k_starts[kb + 1] as usize;
+        let mut mask_word = 0xFFFF_FFFFu32; // a full block (u32::MAX)
+        if comptime![config.partial] {
+            mask_word = mask_offset(&map, &vis, e, max_count);
+        }
         let n_tiles = (k_end - k_start).div_ceil(tile_k);
         for t in 0..n_tiles {
             let kt = k_start + t * tile_k;
             // Cooperative tile load (rows past the block are zero-filled, never read).
-            load_rows::<F>(k, &mut k_tile, bh * nk, kt, k_end, tile_k, head_dim, rows_per_cube);
-            load_rows::<F>(v, &mut v_tile, bh * nk, kt, k_end, tile_k, value_dim, rows_per_cube);
+            load_rows::<F>(
+                k,
+                &mut k_tile,
+                &map,
+                bh * nk,
+                kt,
+                k_end,
+                tile_k,
+                head_dim,
+                head_dim,
+                rows_per_cube,
+                config.gathered,
+            );
+            load_rows::<F>(
+                v,
+                &mut v_tile,
+                &map,
+                bh * nk,
+                kt,
+                k_end,
+                tile_k,
+                value_dim,
+                value_dim,
+                rows_per_cube,
+                config.gathered,
+            );
             sync_cube();
             if active {
                 // Runtime loop bounds: comptime ones get unrolled, and lavapipe's compiler then
@@ -110,9 +135,20 @@ pub fn block_sparse_forward_portable<F: Float>(
                     for x in 0..head_dim {
                         s += q_reg[x] * f32::cast_from(k_tile[j * head_dim + x]);
                     }
-                    if has_bias {
-                        s += f32::cast_from(bias[b * bias_b_stride as usize + h * bias_h_stride as usize + kt + j]);
-                    }
+                    let key = kt + j;
+                    s = finish_score::<F>(
+                        s,
+                        bias,
+                        &map,
+                        bias_base,
+                        key,
+                        mask_word,
+                        row - q_start,
+                        key - k_start,
+                        k_end - k_start,
+                        has_bias,
+                        config,
+                    );
                     scores[j] = s;
                     if s > tile_max {
                         tile_max = s;
@@ -128,7 +164,7 @@ pub fn block_sparse_forward_portable<F: Float>(
                     acc[x] *= corr;
                 }
                 for j in 0..tile_len {
-                    let p = f32::exp(scores[j] - m_new);
+                    let p = weight(scores[j], m_new);
                     l += p;
                     for x in 0..value_dim {
                         acc[x] += p * f32::cast_from(v_tile[j * value_dim + x]);
@@ -141,6 +177,6 @@ pub fn block_sparse_forward_portable<F: Float>(
     }
 
     if active {
-        write_row::<F>(out, lse, &acc, m, l, bh * nq + row, empty_lse, value_dim);
+        write_row::<F>(out, lse, &acc, m, l, bh * nq + row_in, empty_lse, value_dim);
     }
 }

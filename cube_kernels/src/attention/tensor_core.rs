@@ -6,7 +6,9 @@
 
 use cubecl::prelude::*;
 
-use super::common::{load_rows, write_row};
+use super::common::{
+    MapConfig, SparseMap, finish_score, input_row, key_block, load_rows, mask_offset, visits, weight, write_row,
+};
 use super::portable::NEG_BIG;
 
 /// Planes (warps) per cube.
@@ -27,10 +29,7 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
     k: &Array<F>,
     v: &Array<F>,
     bias: &Array<F>,
-    q_starts: &Array<u32>,
-    k_starts: &Array<u32>,
-    counts: &Array<u32>,
-    indices: &Array<u32>,
+    map: SparseMap,
     out: &mut Array<F>,
     lse: &mut Array<f32>,
     q_len: u32,
@@ -46,6 +45,7 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
     #[comptime] head_dim: usize,
     #[comptime] value_dim: usize,
     #[comptime] has_bias: bool,
+    #[comptime] config: MapConfig,
 ) {
     let nq = q_len as usize;
     let nk = k_len as usize;
@@ -54,19 +54,21 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
     let b = bh / heads as usize;
     let qb = (CUBE_POS_X / chunks_per_block) as usize;
     let chunk = (CUBE_POS_X % chunks_per_block) as usize;
-    let n_q_blocks = q_starts.len() - 1;
-    let mut map_row = qb;
-    if map_heads != 1 {
-        map_row = h * n_q_blocks + qb;
-    }
     let lane = UNIT_POS_X as usize;
     let warp = UNIT_POS_Y as usize;
-    let q_end = q_starts[qb + 1] as usize;
-    let row0 = q_starts[qb] as usize + chunk * TC_ROWS;
+    let q_start = map.q_starts[qb] as usize;
+    let q_end = map.q_starts[qb + 1] as usize;
+    let row0 = q_start + chunk * TC_ROWS;
     let row = row0 + warp * 16 + lane;
     // Units 0..16 of each plane own one query row each.
     let owner = lane < 16;
     let active = owner && row < q_end;
+    let bias_base = b * bias_b_stride as usize + h * bias_h_stride as usize;
+    // Block-local row for the in-block mask (0 for rows past the block: their scores are unused).
+    let mut q_local = 0usize;
+    if active {
+        q_local = row - q_start;
+    }
 
     let mut sq = SharedMemory::<F>::new(TC_ROWS * head_dim);
     let mut sk = SharedMemory::<F>::new(TC_TILE_K * head_dim);
@@ -76,7 +78,7 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
     let mut spv = SharedMemory::<f32>::new(TC_ROWS * value_dim);
 
     // The cube's query rows, zero past the block.
-    load_rows::<F>(q, &mut sq, bh * nq, row0, q_end, TC_ROWS, head_dim, 32 * TC_WARPS);
+    load_rows::<F>(q, &mut sq, &map, bh * nq, row0, q_end, TC_ROWS, head_dim, head_dim, 32 * TC_WARPS, config.gathered);
 
     let mut acc = Array::<f32>::new(value_dim);
     for x in 0..value_dim {
@@ -87,18 +89,46 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
     let s_base = warp * 16 * TC_TILE_K;
     let pv_base = warp * 16 * value_dim;
 
-    let count = counts[map_row] as usize;
-    for e in 0..count {
-        let kb = indices[map_row * max_count as usize + e] as usize;
-        let k_start = k_starts[kb] as usize;
-        let k_end = k_starts[kb + 1] as usize;
+    let vis = visits(&map, qb, h, map_heads, config);
+    for e in 0..vis.count {
+        let kb = key_block(&map, &vis, e, max_count, config);
+        let k_start = map.k_starts[kb] as usize;
+        let k_end = map.k_starts[kb + 1] as usize;
+        let mut mask_word = 0xFFFF_FFFFu32; // a full block (u32::MAX)
+        if comptime![config.partial] {
+            mask_word = mask_offset(&map, &vis, e, max_count);
+        }
         let n_tiles = (k_end - k_start).div_ceil(TC_TILE_K);
         for t in 0..n_tiles {
             let kt = k_start + t * TC_TILE_K;
             // Everyone is done with the previous tile (and, the first time, with loading Q).
             sync_cube();
-            load_rows::<F>(k, &mut sk, bh * nk, kt, k_end, TC_TILE_K, head_dim, 32 * TC_WARPS);
-            load_rows::<F>(v, &mut sv, bh * nk, kt, k_end, TC_TILE_K, value_dim, 32 * TC_WARPS);
+            load_rows::<F>(
+                k,
+                &mut sk,
+                &map,
+                bh * nk,
+                kt,
+                k_end,
+                TC_TILE_K,
+                head_dim,
+                head_dim,
+                32 * TC_WARPS,
+                config.gathered,
+            );
+            load_rows::<F>(
+                v,
+                &mut sv,
+                &map,
+                bh * nk,
+                kt,
+                k_end,
+                TC_TILE_K,
+                value_dim,
+                value_dim,
+                32 * TC_WARPS,
+                config.gathered,
+            );
             sync_cube();
 
             // S = Q K^T for this plane's 16 rows, 16 keys at a time.
@@ -152,10 +182,20 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
                 let srow = s_base + lane * TC_TILE_K;
                 let mut tile_max = f32::new(NEG_BIG);
                 for j in 0..tile_len {
-                    let mut s = ss[srow + j] * scale;
-                    if has_bias {
-                        s += f32::cast_from(bias[b * bias_b_stride as usize + h * bias_h_stride as usize + kt + j]);
-                    }
+                    let key = kt + j;
+                    let s = finish_score::<F>(
+                        ss[srow + j] * scale,
+                        bias,
+                        &map,
+                        bias_base,
+                        key,
+                        mask_word,
+                        q_local,
+                        key - k_start,
+                        k_end - k_start,
+                        has_bias,
+                        config,
+                    );
                     ss[srow + j] = s;
                     if s > tile_max {
                         tile_max = s;
@@ -173,7 +213,7 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
                 for j in 0..TC_TILE_K {
                     let mut p = 0.0f32;
                     if j < tile_len {
-                        p = f32::exp(ss[srow + j] - m_new);
+                        p = weight(ss[srow + j], m_new);
                     }
                     l += p;
                     sp[srow + j] = F::cast_from(p);
@@ -232,6 +272,6 @@ pub fn block_sparse_forward_tensor_core<F: Float>(
     }
 
     if active {
-        write_row::<F>(out, lse, &acc, m, l, bh * nq + row, empty_lse, value_dim);
+        write_row::<F>(out, lse, &acc, m, l, bh * nq + input_row(&map, row, config.gathered), empty_lse, value_dim);
     }
 }

@@ -24,6 +24,18 @@ pub fn portable_tiles(head_dim: usize, value_dim: usize, elem_bytes: usize) -> P
     PortableTiles { rows_per_cube: 64, tile_k }
 }
 
+/// Planes per cube of the MMA path (16 query rows each, a multiple of 4): 8 when query blocks
+/// are long enough to fill 128 rows (each K/V tile then serves twice the rows), 4 otherwise.
+/// `DIT_ATTENTION_MMA_WARPS=4|8` overrides it, for tuning runs.
+pub fn mma_warps(max_block: usize) -> usize {
+    if let Some(w) = std::env::var("DIT_ATTENTION_MMA_WARPS").ok().and_then(|v| v.parse::<usize>().ok())
+        && (w == 4 || w == 8)
+    {
+        return w;
+    }
+    if max_block >= 128 { 8 } else { 4 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
