@@ -276,8 +276,12 @@ pub fn finish_score<F: Float>(
         out += f32::cast_from(bias[bias_base + input_row(map, key, config.gathered)]);
     }
     if comptime![config.partial] {
-        if mask_word != u32::MAX && !mask_allows(map, mask_word, qi, kj, block_keys) {
-            out = f32::new(NEG_BIG);
+        // Nested, not `&&`: kernel conditions evaluate both sides, and a full block's word is
+        // no index.
+        if mask_word != u32::MAX {
+            if !mask_allows(map, mask_word, qi, kj, block_keys) {
+                out = f32::new(NEG_BIG);
+            }
         }
     }
     out

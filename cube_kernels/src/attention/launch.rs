@@ -97,8 +97,9 @@ pub enum ForwardPath {
     /// cmma 16x16x16 tiles: f16 / bf16 where the runtime reports them with f32 accumulation,
     /// head dims multiples of 16 up to 128.
     TensorCore,
-    /// Register-level MMA (m16n8k16) with plane shuffles: f16 / bf16 where the runtime reports
-    /// manual MMA and plane operations, head dims multiples of 16 up to 128.
+    /// Register-level MMA (m16n8k16) with ldmatrix fragment loads, 16-byte global loads and
+    /// plane shuffles: f16 / bf16 where the runtime reports manual MMA, ldmatrix and plane
+    /// operations, head dims multiples of 16 up to 128.
     Mma,
 }
 
@@ -118,7 +119,10 @@ impl ForwardPath {
         let features = client.features();
         let manual = MmaConfig { a_type: ab, b_type: ab, cd_type: cd, m: 16, n: 8, k: 16 };
         let cmma = MmaConfig { a_type: ab, b_type: ab, cd_type: cd, m: 16, n: 16, k: 16 };
-        if features.matmul.mma.contains(&manual) && features.plane.contains(Plane::Ops) {
+        if features.matmul.mma.contains(&manual)
+            && features.matmul.ldmatrix.contains(&ab)
+            && features.plane.contains(Plane::Ops)
+        {
             ForwardPath::Mma
         } else if features.matmul.cmma.contains(&cmma) {
             ForwardPath::TensorCore
@@ -214,7 +218,15 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
     let count = CubeCount::Static((n_blocks * chunks) as u32, bh as u32, 1);
     macro_rules! launch_with {
         ($kernel:ident, $dim:expr, $($comptime:expr),*) => {
-            $kernel::launch::<F, R>(
+            launch_with!(@ $kernel::launch, $dim, $($comptime),*)
+        };
+        (unchecked $kernel:ident, $dim:expr, $($comptime:expr),*) => {
+            // SAFETY: every buffer length passed is the exact element count of its handle and the
+            // host validated the block map against them; the kernel indexes only inside those.
+            unsafe { launch_with!(@ $kernel::launch_unchecked, $dim, $($comptime),*) }
+        };
+        (@ $kernel:ident :: $launch:ident, $dim:expr, $($comptime:expr),*) => {
+            $kernel::$launch::<F, R>(
                 client,
                 count,
                 $dim,
@@ -265,7 +277,7 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
             config
         ),
         ForwardPath::Mma => launch_with!(
-            block_sparse_forward_mma,
+            unchecked block_sparse_forward_mma,
             CubeDim::new_2d(32, (rows_per_cube / 16) as u32),
             p.head_dim,
             p.value_dim,

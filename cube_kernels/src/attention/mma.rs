@@ -12,9 +12,10 @@
 //! `2t + 8r + {0, 1}`; accumulator vector `r` holds row `g + 8r`, columns `2t + {0, 1}`.
 
 use cubecl::cmma::MmaDefinition;
+use cubecl::ir::{FastMath, MatrixIdent};
 use cubecl::prelude::*;
 
-use super::common::{MapConfig, SparseMap, finish_score, input_row, key_block, load_rows, mask_offset, visits, weight};
+use super::common::{MapConfig, SparseMap, finish_score, input_row, key_block, mask_offset, visits, weight};
 use super::portable::NEG_BIG;
 
 /// Keys per shared-memory tile; the Q tile is staged through the K buffer, 64 rows at a time.
@@ -24,14 +25,69 @@ pub const MMA_TILE_K: usize = 64;
 const PAD: usize = 8;
 
 type Pair<E> = Vector<E, Const<2>>;
+type Oct<E> = Vector<E, Const<8>>;
+
+/// Reads `rows x dim` elements (map positions `start..`, zero past `end`) into this unit's
+/// registers `regs`, 16 bytes per load (`dim` a multiple of 8); [`store_rows`] puts them in
+/// shared memory. Split so that the next tile's loads are in flight while this one computes.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn fetch_rows<F: Float>(
+    src: &Slice<Oct<F>>,
+    regs: &mut Array<Oct<F>>,
+    map: &SparseMap,
+    base: usize,
+    start: usize,
+    end: usize,
+    #[comptime] rows: usize,
+    #[comptime] dim: usize,
+    #[comptime] threads: usize,
+    #[comptime] gathered: bool,
+) {
+    let per_row = dim / 8;
+    #[unroll]
+    for it in 0..(rows * per_row).div_ceil(threads) {
+        let idx = it * threads + UNIT_POS as usize;
+        let r = idx / per_row;
+        let mut val = Oct::<F>::new(F::new(0.0));
+        if idx < rows * per_row && start + r < end {
+            val = src[(base + input_row(map, start + r, gathered)) * per_row + idx % per_row];
+        }
+        regs[it] = val;
+    }
+}
+
+/// Stores what [`fetch_rows`] read into `dst` with row stride `stride` (a multiple of 8).
+#[cube]
+fn store_rows<F: Float>(
+    regs: &Array<Oct<F>>,
+    dst: &mut SharedMemory<F>,
+    #[comptime] rows: usize,
+    #[comptime] dim: usize,
+    #[comptime] stride: usize,
+    #[comptime] threads: usize,
+) {
+    let per_row = dim / 8;
+    let mut dst8 = dst.to_slice_mut().into_vectorized().with_vector_size::<Const<8>>();
+    #[unroll]
+    for it in 0..(rows * per_row).div_ceil(threads) {
+        let idx = it * threads + UNIT_POS as usize;
+        if idx < rows * per_row {
+            dst8[(idx / per_row) * (stride / 8) + idx % per_row] = regs[it];
+        }
+    }
+}
 
 /// Forward pass over a block map with register-level MMA. Same contract as
 /// [`super::block_sparse_forward_portable`]; `head_dim` and `value_dim` are multiples of 16 (up
 /// to 128). The cube is `(32, warps)` units (`warps` a multiple of 4), `16 * warps` query rows;
 /// the grid `(nqb * chunks_per_block, bh)` with `chunks_per_block = ceil(largest query block /
 /// (16 * warps))`.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
+// Fast exponentials (`__expf`): the softmax arguments are finite (masked scores are -1e30, not
+// -inf) and its error is far below bf16/f16 rounding.
+// `collapsible_if`: the outer `if`s of the score loop are comptime branches (code paths).
+#[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
 pub fn block_sparse_forward_mma<F: Float>(
     q: &Array<F>,
     k: &Array<F>,
@@ -88,9 +144,19 @@ pub fn block_sparse_forward_mma<F: Float>(
         local_b = row_b - q_start;
     }
 
+    let q8 = q.to_slice().into_vectorized().with_vector_size::<Const<8>>();
+    let k8 = k.to_slice().into_vectorized().with_vector_size::<Const<8>>();
+    let v8 = v.to_slice().into_vectorized().with_vector_size::<Const<8>>();
+    // ldmatrix: lane L addresses row L % 8 of 8x8 matrix L / 8.
+    let mi = lane / 8;
+    let ri = lane % 8;
     let mut sk = SharedMemory::<F>::new(MMA_TILE_K * (head_dim + PAD));
     let mut sv = SharedMemory::<F>::new(MMA_TILE_K * (value_dim + PAD));
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+
+    // The next K / V tile, in flight in registers while the current one computes.
+    let mut kregs = Array::<Oct<F>>::new((MMA_TILE_K * head_dim / 8).div_ceil(warps * 32));
+    let mut vregs = Array::<Oct<F>>::new((MMA_TILE_K * value_dim / 8).div_ceil(warps * 32));
 
     // Q fragments, staged through the K buffer 64 rows (four planes) at a time.
     let mut qf = Array::<Pair<F>>::new(head_dim / 16 * 4);
@@ -99,18 +165,18 @@ pub fn block_sparse_forward_mma<F: Float>(
             sync_cube();
         }
         let first = row0 + pass * MMA_TILE_K;
-        load_rows::<F>(q, &mut sk, &map, bh * nq, first, q_end, MMA_TILE_K, head_dim, ks, threads, config.gathered);
+        fetch_rows::<F>(&q8, &mut kregs, &map, bh * nq, first, q_end, MMA_TILE_K, head_dim, threads, config.gathered);
+        store_rows::<F>(&kregs, &mut sk, MMA_TILE_K, head_dim, ks, threads);
         sync_cube();
         if warp / 4 == pass {
+            // A fragments: matrices (rows 0-7 | 8-15) x (columns 0-7 | 8-15) of each 16x16 chunk.
             #[unroll]
             for kk in 0..head_dim / 16 {
+                let at = ((warp % 4) * 16 + (mi % 2) * 8 + ri) * ks + kk * 16 + (mi / 2) * 8;
+                let regs = def.load_matrix::<F, Const<2>>(&sk.slice(at, at + 8), MatrixIdent::A, 4usize, false);
                 #[unroll]
                 for r in 0..4usize {
-                    let at = ((warp % 4) * 16 + g + (r % 2) * 8) * ks + kk * 16 + t * 2 + (r / 2) * 8;
-                    let mut x = Pair::<F>::empty();
-                    x[0usize] = sk[at];
-                    x[1usize] = sk[at + 1];
-                    qf[kk * 4 + r] = x;
+                    qf[kk * 4 + r] = regs[r];
                 }
             }
         }
@@ -131,33 +197,99 @@ pub fn block_sparse_forward_mma<F: Float>(
     let mut l_b = 0.0f32;
     let mut s = Array::<Pair<f32>>::new(MMA_TILE_K / 8 * 2);
 
+    // The visited key blocks as one sequence of 64-key tiles (blocks are never empty): step
+    // (e, tile) computes while step (e, tile + 1) or (e + 1, 0) loads.
     let vis = visits(&map, qb, h, map_heads, config);
-    for e in 0..vis.count {
-        let kb = key_block(&map, &vis, e, max_count, config);
-        let k_start = map.k_starts[kb] as usize;
-        let k_end = map.k_starts[kb + 1] as usize;
-        let mut mask_word = 0xFFFF_FFFFu32; // a full block (u32::MAX)
+    let mut e = 0usize;
+    let mut tile = 0usize;
+    let mut k_start = 0usize;
+    let mut k_end = 0usize;
+    let mut mask_word = 0xFFFF_FFFFu32; // a full block (u32::MAX)
+    if vis.count > 0 {
+        let kb = key_block(&map, &vis, 0usize, max_count, config);
+        k_start = map.k_starts[kb] as usize;
+        k_end = map.k_starts[kb + 1] as usize;
         if comptime![config.partial] {
-            mask_word = mask_offset(&map, &vis, e, max_count);
+            mask_word = mask_offset(&map, &vis, 0usize, max_count);
         }
-        let n_tiles = (k_end - k_start).div_ceil(MMA_TILE_K);
-        for tile in 0..n_tiles {
-            let kt = k_start + tile * MMA_TILE_K;
-            // Everyone is done with the previous tile (and, the first time, with the Q staging).
-            sync_cube();
-            load_rows::<F>(k, &mut sk, &map, bh * nk, kt, k_end, MMA_TILE_K, head_dim, ks, threads, config.gathered);
-            load_rows::<F>(v, &mut sv, &map, bh * nk, kt, k_end, MMA_TILE_K, value_dim, vs, threads, config.gathered);
-            sync_cube();
-
-            // S = Q K^T, 8 keys per MMA column chunk.
+        fetch_rows::<F>(&k8, &mut kregs, &map, bh * nk, k_start, k_end, MMA_TILE_K, head_dim, threads, config.gathered);
+        fetch_rows::<F>(
+            &v8,
+            &mut vregs,
+            &map,
+            bh * nk,
+            k_start,
+            k_end,
+            MMA_TILE_K,
+            value_dim,
+            threads,
+            config.gathered,
+        );
+    }
+    while e < vis.count {
+        let kt = k_start + tile * MMA_TILE_K;
+        let block_start = k_start;
+        let block_end = k_end;
+        let block_mask = mask_word;
+        // Everyone is done with the previous tile (and, the first time, with the Q staging).
+        sync_cube();
+        store_rows::<F>(&kregs, &mut sk, MMA_TILE_K, head_dim, ks, threads);
+        store_rows::<F>(&vregs, &mut sv, MMA_TILE_K, value_dim, vs, threads);
+        sync_cube();
+        // Next step, and its loads.
+        tile += 1;
+        if k_start + tile * MMA_TILE_K >= k_end {
+            e += 1;
+            tile = 0;
+            if e < vis.count {
+                let kb = key_block(&map, &vis, e, max_count, config);
+                k_start = map.k_starts[kb] as usize;
+                k_end = map.k_starts[kb + 1] as usize;
+                if comptime![config.partial] {
+                    mask_word = mask_offset(&map, &vis, e, max_count);
+                }
+            }
+        }
+        if e < vis.count {
+            let next = k_start + tile * MMA_TILE_K;
+            fetch_rows::<F>(
+                &k8,
+                &mut kregs,
+                &map,
+                bh * nk,
+                next,
+                k_end,
+                MMA_TILE_K,
+                head_dim,
+                threads,
+                config.gathered,
+            );
+            fetch_rows::<F>(
+                &v8,
+                &mut vregs,
+                &map,
+                bh * nk,
+                next,
+                k_end,
+                MMA_TILE_K,
+                value_dim,
+                threads,
+                config.gathered,
+            );
+        }
+        // This step's compute, on the tile now in shared memory.
+        {
+            // S = Q K^T, 8 keys per MMA column chunk, two chunks per ldmatrix.x4 (matrices: keys
+            // j*8 | (j+1)*8, head-dim columns 0-7 | 8-15 of the chunk).
             #[unroll]
-            for j in 0..MMA_TILE_K / 8 {
-                let mut c = Array::<Pair<f32>>::new(2usize);
-                let mut z = Pair::<f32>::empty();
-                z[0usize] = 0.0f32;
-                z[1usize] = 0.0f32;
-                c[0usize] = z;
-                c[1usize] = z;
+            for jp in 0..MMA_TILE_K / 16 {
+                let mut c0 = Array::<Pair<f32>>::new(2usize);
+                let mut c1 = Array::<Pair<f32>>::new(2usize);
+                let z = Pair::<f32>::new(0.0f32);
+                c0[0usize] = z;
+                c0[1usize] = z;
+                c1[0usize] = z;
+                c1[1usize] = z;
                 #[unroll]
                 for kk in 0..head_dim / 16 {
                     let mut a = Array::<Pair<F>>::new(4usize);
@@ -165,24 +297,29 @@ pub fn block_sparse_forward_mma<F: Float>(
                     for r in 0..4usize {
                         a[r] = qf[kk * 4 + r];
                     }
-                    let mut bf = Array::<Pair<F>>::new(2usize);
-                    #[unroll]
-                    for r in 0..2usize {
-                        let at = (j * 8 + g) * ks + kk * 16 + t * 2 + r * 8;
-                        let mut x = Pair::<F>::empty();
-                        x[0usize] = sk[at];
-                        x[1usize] = sk[at + 1];
-                        bf[r] = x;
-                    }
-                    let d = def.execute(&a, &bf, &c);
-                    c[0usize] = d[0usize];
-                    c[1usize] = d[1usize];
+                    let at = (jp * 16 + (mi / 2) * 8 + ri) * ks + kk * 16 + (mi % 2) * 8;
+                    let regs = def.load_matrix::<F, Const<2>>(&sk.slice(at, at + 8), MatrixIdent::B, 4usize, false);
+                    let mut b0 = Array::<Pair<F>>::new(2usize);
+                    b0[0usize] = regs[0usize];
+                    b0[1usize] = regs[1usize];
+                    let mut b1 = Array::<Pair<F>>::new(2usize);
+                    b1[0usize] = regs[2usize];
+                    b1[1usize] = regs[3usize];
+                    let d0 = def.execute(&a, &b0, &c0);
+                    c0[0usize] = d0[0usize];
+                    c0[1usize] = d0[1usize];
+                    let d1 = def.execute(&a, &b1, &c1);
+                    c1[0usize] = d1[0usize];
+                    c1[1usize] = d1[1usize];
                 }
-                s[j * 2] = c[0usize];
-                s[j * 2 + 1] = c[1usize];
+                s[jp * 4] = c0[0usize];
+                s[jp * 4 + 1] = c0[1usize];
+                s[jp * 4 + 2] = c1[0usize];
+                s[jp * 4 + 3] = c1[1usize];
             }
 
             // Scale, bias, masks; the tile's row maxima over the quad.
+            let tail = kt + MMA_TILE_K > block_end;
             let mut tmax_a = f32::new(NEG_BIG);
             let mut tmax_b = f32::new(NEG_BIG);
             #[unroll]
@@ -197,21 +334,30 @@ pub fn block_sparse_forward_mma<F: Float>(
                     #[unroll]
                     for el in 0..2usize {
                         let key = kt + j * 8 + t * 2 + el;
-                        let mut val = f32::new(NEG_BIG);
-                        if key < k_end {
-                            val = finish_score::<F>(
-                                x[el] * scale,
-                                bias,
-                                &map,
-                                bias_base,
-                                key,
-                                mask_word,
-                                local,
-                                key - k_start,
-                                k_end - k_start,
-                                has_bias,
-                                config,
-                            );
+                        let mut val = x[el] * scale;
+                        if comptime![has_bias || config.partial] {
+                            val = f32::new(NEG_BIG);
+                            if key < block_end {
+                                val = finish_score::<F>(
+                                    x[el] * scale,
+                                    bias,
+                                    &map,
+                                    bias_base,
+                                    key,
+                                    block_mask,
+                                    local,
+                                    key - block_start,
+                                    block_end - block_start,
+                                    has_bias,
+                                    config,
+                                );
+                            }
+                        }
+                        // Keys past the block (zero-filled rows) only in a block's last tile.
+                        if comptime![!(has_bias || config.partial)] {
+                            if tail && key >= block_end {
+                                val = f32::new(NEG_BIG);
+                            }
                         }
                         x[el] = val;
                         if comptime![r == 0] {
@@ -270,29 +416,32 @@ pub fn block_sparse_forward_mma<F: Float>(
                 a[1usize] = Pair::<F>::cast_from(s[kk * 4 + 1]);
                 a[2usize] = Pair::<F>::cast_from(s[kk * 4 + 2]);
                 a[3usize] = Pair::<F>::cast_from(s[kk * 4 + 3]);
+                // Matrices: keys 0-7 | 8-15 of the chunk x value columns jn*8 | (jn+1)*8,
+                // transposed on load (V is row-major by key).
                 #[unroll]
-                for jn in 0..value_dim / 8 {
-                    let mut bf = Array::<Pair<F>>::new(2usize);
+                for jp in 0..value_dim / 16 {
+                    let at = (kk * 16 + (mi % 2) * 8 + ri) * vs + jp * 16 + (mi / 2) * 8;
+                    let regs = def.load_matrix::<F, Const<2>>(&sv.slice(at, at + 8), MatrixIdent::B, 4usize, true);
                     #[unroll]
-                    for r in 0..2usize {
-                        let at = (kk * 16 + t * 2 + r * 8) * vs + jn * 8 + g;
-                        let mut x = Pair::<F>::empty();
-                        x[0usize] = sv[at];
-                        x[1usize] = sv[at + vs];
-                        bf[r] = x;
+                    for half in 0..2usize {
+                        let jn = jp * 2 + half;
+                        let mut bf = Array::<Pair<F>>::new(2usize);
+                        bf[0usize] = regs[half * 2];
+                        bf[1usize] = regs[half * 2 + 1];
+                        let mut c = Array::<Pair<f32>>::new(2usize);
+                        c[0usize] = o[jn * 2];
+                        c[1usize] = o[jn * 2 + 1];
+                        let d = def.execute(&a, &bf, &c);
+                        o[jn * 2] = d[0usize];
+                        o[jn * 2 + 1] = d[1usize];
                     }
-                    let mut c = Array::<Pair<f32>>::new(2usize);
-                    c[0usize] = o[jn * 2];
-                    c[1usize] = o[jn * 2 + 1];
-                    let d = def.execute(&a, &bf, &c);
-                    o[jn * 2] = d[0usize];
-                    o[jn * 2 + 1] = d[1usize];
                 }
             }
         }
     }
 
-    // Row sums over the quad, then the output rows this lane holds.
+    // Row sums over the quad, then the output rows this lane holds (two values per store).
+    let mut out2 = out.to_slice_mut().into_vectorized().with_vector_size::<Const<2>>();
     l_a += plane_shuffle_xor(l_a, 1u32);
     l_a += plane_shuffle_xor(l_a, 2u32);
     l_b += plane_shuffle_xor(l_b, 1u32);
@@ -316,8 +465,10 @@ pub fn block_sparse_forward_mma<F: Float>(
             #[unroll]
             for jn in 0..value_dim / 8 {
                 let x = o[jn * 2 + r];
-                out[pos * value_dim + jn * 8 + t * 2] = F::cast_from(x[0usize] * inv);
-                out[pos * value_dim + jn * 8 + t * 2 + 1] = F::cast_from(x[1usize] * inv);
+                let mut y = Pair::<f32>::empty();
+                y[0usize] = x[0usize] * inv;
+                y[1usize] = x[1usize] * inv;
+                out2[(pos * value_dim + jn * 8 + t * 2) / 2] = Pair::<F>::cast_from(y);
             }
             if t == 0 {
                 let mut row_lse = empty_lse;
