@@ -2,8 +2,9 @@
 //! bf16 inputs, f32 accumulation), FlashAttention-2 style. A cube is `warps` planes; each
 //! plane owns 16 query rows, its Q fragments, its output accumulators and its softmax statistics
 //! in registers. Per tile of [`MMA_TILE_K`] keys the cube loads K and V into shared memory once
-//! for all its rows; `S = Q K^T`, the online softmax and `O += P V` then run in registers: the
-//! score accumulators of two adjacent 8-key chunks are exactly the A operand of the next MMA
+//! for all its rows (16-byte loads; the next tile is already in flight in registers); fragments
+//! come out of shared memory by `ldmatrix`; `S = Q K^T`, the online softmax and `O += P V` run in
+//! registers: the score accumulators of two adjacent 8-key chunks are exactly the A operand of the next MMA
 //! (the PTX fragment layouts line up), and a row's max and sum need only the four lanes that
 //! hold it (two butterfly shuffles).
 //!
