@@ -1,5 +1,6 @@
 """Compare our STA output (written by examples/engine_device.rs) with FlexAttention under the same
-mask, and time the peers on the same inputs: FlexAttention STA and cuDNN SDPA dense.
+mask, and time the peers on the same inputs: FlexAttention STA, cuDNN and FA2 SDPA dense,
+FlexAttention dense.
 
 usage: python3 scripts/hunyuan_vs_torch.py DIR
 """
@@ -70,8 +71,12 @@ for name, fro, mx in rows:
     print(f"  {name:40s} {fro:.3e}  {mx:.3e}")
 
 flex_ms = triton.testing.do_bench(lambda: flex(q, k, v, block_mask=block_mask), warmup=200, rep=2000)
+sdpa = torch.nn.functional.scaled_dot_product_attention
 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-    cudnn_ms = triton.testing.do_bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), warmup=500, rep=3000)
+    cudnn_ms = triton.testing.do_bench(lambda: sdpa(q, k, v), warmup=500, rep=3000)
+with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+    fa2_ms = triton.testing.do_bench(lambda: sdpa(q, k, v), warmup=500, rep=3000)
+flex_dense_ms = triton.testing.do_bench(lambda: flex(q, k, v), warmup=200, rep=3000)
 pairs = meta["allowed_pairs_per_head"] * H
 ours_ms = meta["median_ms"]
 print()
@@ -82,9 +87,14 @@ table = [
     ("ours STA, natural-order input", meta["natural_median_ms"], 4 * pairs * D),
     ("FlexAttention STA", flex_ms, 4 * pairs * D),
     ("cuDNN SDPA dense", cudnn_ms, 4 * N * N * D * H),
+    ("FA2 SDPA dense", fa2_ms, 4 * N * N * D * H),
+    ("FlexAttention dense", flex_dense_ms, 4 * N * N * D * H),
 ]
 if meta.get("dense_median_ms"):
     table.insert(2, ("ours dense", meta["dense_median_ms"], 4 * N * N * D * H))
 for name, ms, flops in table:
     print(f"| {name:34s} | {ms:9.2f} | {flops / ms / 1e9:8.1f} | {ms / ours_ms:17.4f} |")
 print(f"density {pairs / (N * N * H):.4f}, block-mask sparsity {block_mask.sparsity():.2f}%")
+if meta.get("dense_median_ms"):
+    dense = meta["dense_median_ms"]
+    print(f"ours dense / peer throughput: cuDNN {cudnn_ms / dense:.3f}, FA2 {fa2_ms / dense:.3f}, Flex dense {flex_dense_ms / dense:.3f}")
