@@ -24,7 +24,7 @@ pub struct KernelPlan {
     scale: f64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PlanData {
     q_starts: Vec<u32>,
     k_starts: Vec<u32>,
@@ -33,7 +33,7 @@ struct PlanData {
     gather: Option<Arc<TokenPermutation>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum PlanBlocks {
     /// Every query sees every key.
     Dense,
@@ -120,19 +120,8 @@ impl KernelPlan {
                 self.k_len()
             )));
         }
-        let d = &self.data;
-        let blocks = match &d.blocks {
-            PlanBlocks::Dense => PlanBlocks::Dense,
-            PlanBlocks::Map { map, arrays } => PlanBlocks::Map { map: map.clone(), arrays: arrays.clone() },
-            PlanBlocks::Sta { map, geometry } => PlanBlocks::Sta { map: map.clone(), geometry: geometry.clone() },
-        };
-        let data = PlanData {
-            q_starts: d.q_starts.clone(),
-            k_starts: d.k_starts.clone(),
-            map_heads: d.map_heads,
-            blocks,
-            gather: Some(gather),
-        };
+        // Shares the map and its lazily built arrays (both behind `Arc`s).
+        let data = PlanData { gather: Some(gather), ..(*self.data).clone() };
         Ok(Self { data: Arc::new(data), scale: self.scale })
     }
 
