@@ -139,15 +139,12 @@ fn tensor_shapes_are_checked() {
         AttentionOptions::default(),
     ));
     assert_names(&msg, &["query", "empty", "[1, 0, 5, 4]"]);
-    let msg = err_of(dense_attention_reference(
-        t([1, 1, 5, 4]),
-        t([1, 1, 5, 4]),
-        t([1, 1, 5, 4]),
-        None,
-        None,
-        AttentionOptions::with_scale(f64::INFINITY),
-    ));
-    assert_names(&msg, &["scale", "inf"]);
+    for (scale, names) in [(f64::INFINITY, &["scale", "inf"][..]), (-0.5, &["scale", "positive", "-0.5"][..])] {
+        let x = t([1, 1, 5, 4]);
+        let options = AttentionOptions::with_scale(scale);
+        let msg = err_of(dense_attention_reference(x.clone(), x.clone(), x, None, None, options));
+        assert_names(&msg, names);
+    }
     let m = Tensor::<B64, 4, burn::tensor::Bool>::empty([1, 2, 5, 5], &Default::default());
     let msg = err_of(dense_attention_reference(
         t([1, 2, 5, 4]),

@@ -60,10 +60,12 @@ impl SlidingTileAttentionConfig {
             // The scale is set per call (it may depend on the head dim).
             let plan = KernelPlan::sta(map, &self.windows, 1.0)?;
             // Natural-order input: kernels gather rows through the permutation as they load them.
-            let permutation = TokenPermutation::to_tile_major(&layout);
             Some(match self.order {
-                TokenOrder::Natural if !permutation.is_identity() => plan.with_gather(Arc::new(permutation))?,
-                _ => plan,
+                TokenOrder::Natural => match TokenPermutation::to_tile_major(&layout) {
+                    permutation if permutation.is_identity() => plan,
+                    permutation => plan.with_gather(Arc::new(permutation))?,
+                },
+                TokenOrder::TileMajor => plan,
             })
         };
         Ok(SlidingTileAttention { config: self.clone(), prepared: Prepared { layout, mask_heads: mask.heads(), plan } })

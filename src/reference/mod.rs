@@ -43,11 +43,12 @@ impl AttentionOptions {
         Self { scale: Some(scale) }
     }
 
-    /// Checks the options (a scale must be finite).
+    /// Checks the options: a scale must be finite and positive (the kernels take a row's maximum
+    /// on unscaled scores, which is the scaled maximum only for a positive scale).
     pub fn validate(&self) -> Result<()> {
         match self.scale {
-            Some(s) if !s.is_finite() => {
-                Err(DitAttentionError::Invalid(format!("attention scale must be finite, got {s}")))
+            Some(s) if !(s.is_finite() && s > 0.0) => {
+                Err(DitAttentionError::Invalid(format!("attention scale must be finite and positive, got {s}")))
             }
             _ => Ok(()),
         }

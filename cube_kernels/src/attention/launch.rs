@@ -97,9 +97,9 @@ pub enum ForwardPath {
     /// cmma 16x16x16 tiles: f16 / bf16 where the runtime reports them with f32 accumulation,
     /// head dims multiples of 16 up to 128.
     TensorCore,
-    /// Register-level MMA (m16n8k16) with ldmatrix fragment loads, 16-byte global loads and
-    /// plane shuffles: f16 / bf16 where the runtime reports manual MMA, ldmatrix and plane
-    /// operations, head dims multiples of 16 up to 128.
+    /// Register-level MMA (m16n8k16) with ldmatrix fragment loads, `cp.async` K/V copies and
+    /// plane shuffles: f16 / bf16 where the runtime reports manual MMA, ldmatrix, plane
+    /// operations and async copies, head dims multiples of 16 up to 128.
     Mma,
 }
 
@@ -122,6 +122,7 @@ impl ForwardPath {
         if features.matmul.mma.contains(&manual)
             && features.matmul.ldmatrix.contains(&ab)
             && features.plane.contains(Plane::Ops)
+            && features.copy_async
         {
             ForwardPath::Mma
         } else if features.matmul.cmma.contains(&cmma) {

@@ -14,9 +14,10 @@
 
 use cubecl::cmma::MmaDefinition;
 use cubecl::ir::{FastMath, MatrixIdent};
+use cubecl::prelude::barrier::{Barrier, copy_async};
 use cubecl::prelude::*;
 
-use super::common::{MapConfig, SparseMap, finish_score, input_row, key_block, mask_offset, visits, weight};
+use super::common::{MapConfig, SparseMap, finish_score, input_row, key_block, mask_offset, visits};
 use super::portable::NEG_BIG;
 
 /// Keys per shared-memory tile; the Q tile is staged through the K buffer, 64 rows at a time.
@@ -24,13 +25,27 @@ pub const MMA_TILE_K: usize = 64;
 /// Shared-memory row padding (elements): rows 16 bytes apart in the bank pattern, so the eight
 /// rows a fragment load touches hit different banks.
 const PAD: usize = 8;
+/// A row maximum below this has seen only masked scores.
+const MASKED_ROW: f32 = NEG_BIG * 0.5;
 
 type Pair<E> = Vector<E, Const<2>>;
 type Oct<E> = Vector<E, Const<8>>;
 
-/// Reads `rows x dim` elements (map positions `start..`, zero past `end`) into this unit's
-/// registers `regs`, 16 bytes per load (`dim` a multiple of 8); [`store_rows`] puts them in
-/// shared memory. Split so that the next tile's loads are in flight while this one computes.
+/// Map position of row `i` of a tile starting at `start`, clamped to the last row before `end`.
+#[cube]
+fn tile_row(start: usize, end: usize, i: usize) -> usize {
+    let mut r = start + i;
+    if r >= end {
+        r = end - 1;
+    }
+    r
+}
+
+/// Reads `rows x dim` elements (map positions `start..`, clamped to the last row before `end`)
+/// into this unit's registers `regs`, 16 bytes per load (`dim` a multiple of 8); [`store_rows`]
+/// puts them in shared memory (the Q staging). Rows past `end` repeat a real row instead of
+/// zeros: the loads stay unconditional (a zero-or-load select made every load synchronous) and
+/// those query rows are never written.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn fetch_rows<F: Float>(
@@ -49,12 +64,56 @@ fn fetch_rows<F: Float>(
     #[unroll]
     for it in 0..(rows * per_row).div_ceil(threads) {
         let idx = it * threads + UNIT_POS as usize;
-        let r = idx / per_row;
-        let mut val = Oct::<F>::new(F::new(0.0));
-        if idx < rows * per_row && start + r < end {
-            val = src[(base + input_row(map, start + r, gathered)) * per_row + idx % per_row];
+        let r = tile_row(start, end, idx / per_row);
+        let at = (base + input_row(map, r, gathered)) * per_row + idx % per_row;
+        if comptime![(rows * per_row).is_multiple_of(threads)] {
+            regs[it] = src[at];
+        } else {
+            let mut val = Oct::<F>::new(F::new(0.0));
+            if idx < rows * per_row {
+                val = src[at];
+            }
+            regs[it] = val;
         }
-        regs[it] = val;
+    }
+}
+
+/// Copies a tile of `MMA_TILE_K` rows x `dim` elements (map positions `start..`, clamped to
+/// the last row before `end`: real, finite data, so the keys past the block that the kernel
+/// masks get a weight of exactly 0) into `dst` from element `dst_base` on, row stride `stride`,
+/// by `cp.async` 16 bytes at a time: no registers hold the data and nothing waits until the
+/// stage's barrier is waited on.
+#[cube]
+#[allow(clippy::too_many_arguments, clippy::collapsible_else_if)]
+fn copy_rows<F: Float>(
+    src: &Array<F>,
+    dst: &mut SharedMemory<F>,
+    dst_base: usize,
+    map: &SparseMap,
+    base: usize,
+    start: usize,
+    end: usize,
+    #[comptime] dim: usize,
+    #[comptime] stride: usize,
+    #[comptime] threads: usize,
+    #[comptime] gathered: bool,
+) {
+    // Offsets in elements on unvectorized slices: `copy_async` adds the slice offset to the
+    // buffer's scalar pointer.
+    let per_row = dim / 8;
+    #[unroll]
+    for it in 0..(MMA_TILE_K * per_row).div_ceil(threads) {
+        let idx = it * threads + UNIT_POS as usize;
+        let r = tile_row(start, end, idx / per_row);
+        let at = (base + input_row(map, r, gathered)) * dim + (idx % per_row) * 8;
+        let to = dst_base + (idx / per_row) * stride + (idx % per_row) * 8;
+        if comptime![(MMA_TILE_K * per_row).is_multiple_of(threads)] {
+            copy_async(&src.to_slice().slice(at, at + 8), &mut dst.to_slice_mut().slice_mut(to, to + 8), 8u32);
+        } else {
+            if idx < MMA_TILE_K * per_row {
+                copy_async(&src.to_slice().slice(at, at + 8), &mut dst.to_slice_mut().slice_mut(to, to + 8), 8u32);
+            }
+        }
     }
 }
 
@@ -88,7 +147,7 @@ fn store_rows<F: Float>(
 // -inf) and its error is far below bf16/f16 rounding.
 // `collapsible_if`: the outer `if`s of the score loop are comptime branches (code paths).
 #[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
-#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
+#[allow(clippy::too_many_arguments, clippy::collapsible_if, clippy::collapsible_else_if)]
 pub fn block_sparse_forward_mma<F: Float>(
     q: &Array<F>,
     k: &Array<F>,
@@ -146,28 +205,31 @@ pub fn block_sparse_forward_mma<F: Float>(
     }
 
     let q8 = q.to_slice().into_vectorized().with_vector_size::<Const<8>>();
-    let k8 = k.to_slice().into_vectorized().with_vector_size::<Const<8>>();
-    let v8 = v.to_slice().into_vectorized().with_vector_size::<Const<8>>();
     // ldmatrix: lane L addresses row L % 8 of 8x8 matrix L / 8.
     let mi = lane / 8;
     let ri = lane % 8;
-    let mut sk = SharedMemory::<F>::new(MMA_TILE_K * (head_dim + PAD));
-    let mut sv = SharedMemory::<F>::new(MMA_TILE_K * (value_dim + PAD));
+    // Two stages of K and V tiles: one computes while `cp.async` fills the other; stage
+    // `i % 2` is complete when its barrier's phase `(i / 2) % 2` is. 16-byte aligned: cubecl
+    // packs shared buffers by element alignment (a barrier first puts them 8 bytes off), and
+    // `cp.async` and `ldmatrix` need 16.
+    let stage_k = MMA_TILE_K * ks;
+    let stage_v = MMA_TILE_K * vs;
+    let mut sk = SharedMemory::<F>::new_aligned(2 * MMA_TILE_K * (head_dim + PAD), 16usize);
+    let mut sv = SharedMemory::<F>::new_aligned(2 * MMA_TILE_K * (value_dim + PAD), 16usize);
+    let bar0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
 
-    // The next K / V tile, in flight in registers while the current one computes.
-    let mut kregs = Array::<Oct<F>>::new((MMA_TILE_K * head_dim / 8).div_ceil(warps * 32));
-    let mut vregs = Array::<Oct<F>>::new((MMA_TILE_K * value_dim / 8).div_ceil(warps * 32));
-
     // Q fragments, staged through the K buffer 64 rows (four planes) at a time.
+    let mut qregs = Array::<Oct<F>>::new((MMA_TILE_K * head_dim / 8).div_ceil(warps * 32));
     let mut qf = Array::<Pair<F>>::new(head_dim / 16 * 4);
     for pass in 0..warps / 4 {
         if pass > 0 {
             sync_cube();
         }
         let first = row0 + pass * MMA_TILE_K;
-        fetch_rows::<F>(&q8, &mut kregs, &map, bh * nq, first, q_end, MMA_TILE_K, head_dim, threads, config.gathered);
-        store_rows::<F>(&kregs, &mut sk, MMA_TILE_K, head_dim, ks, threads);
+        fetch_rows::<F>(&q8, &mut qregs, &map, bh * nq, first, q_end, MMA_TILE_K, head_dim, threads, config.gathered);
+        store_rows::<F>(&qregs, &mut sk, MMA_TILE_K, head_dim, ks, threads);
         sync_cube();
         if warp / 4 == pass {
             // A fragments: matrices (rows 0-7 | 8-15) x (columns 0-7 | 8-15) of each 16x16 chunk.
@@ -183,6 +245,8 @@ pub fn block_sparse_forward_mma<F: Float>(
         }
     }
 
+    // Every plane has its Q fragments before the first copies overwrite the staging area.
+    sync_cube();
     let mut o = Array::<Pair<f32>>::new(value_dim / 8 * 2);
     #[unroll]
     for i in 0..value_dim / 8 * 2 {
@@ -213,31 +277,21 @@ pub fn block_sparse_forward_mma<F: Float>(
         if comptime![config.partial] {
             mask_word = mask_offset(&map, &vis, 0usize, max_count);
         }
-        fetch_rows::<F>(&k8, &mut kregs, &map, bh * nk, k_start, k_end, MMA_TILE_K, head_dim, threads, config.gathered);
-        fetch_rows::<F>(
-            &v8,
-            &mut vregs,
-            &map,
-            bh * nk,
-            k_start,
-            k_end,
-            MMA_TILE_K,
-            value_dim,
-            threads,
-            config.gathered,
-        );
+        copy_rows::<F>(k, &mut sk, 0usize, &map, bh * nk, k_start, k_end, head_dim, ks, threads, config.gathered);
+        copy_rows::<F>(v, &mut sv, 0usize, &map, bh * nk, k_start, k_end, value_dim, vs, threads, config.gathered);
+        bar0.commit_copy_async();
+        bar0.arrive();
     }
+    let mut step = 0usize;
     while e < vis.count {
         let kt = k_start + tile * MMA_TILE_K;
         let block_start = k_start;
         let block_end = k_end;
         let block_mask = mask_word;
-        // Everyone is done with the previous tile (and, the first time, with the Q staging).
+        let stage = step % 2;
+        // Everyone is done with the other stage (the previous step computed on it).
         sync_cube();
-        store_rows::<F>(&kregs, &mut sk, MMA_TILE_K, head_dim, ks, threads);
-        store_rows::<F>(&vregs, &mut sv, MMA_TILE_K, value_dim, vs, threads);
-        sync_cube();
-        // Next step, and its loads.
+        // Next step, and its copies into the other stage.
         tile += 1;
         if k_start + tile * MMA_TILE_K >= k_end {
             e += 1;
@@ -253,31 +307,50 @@ pub fn block_sparse_forward_mma<F: Float>(
         }
         if e < vis.count {
             let next = k_start + tile * MMA_TILE_K;
-            fetch_rows::<F>(
-                &k8,
-                &mut kregs,
+            let other = 1 - stage;
+            copy_rows::<F>(
+                k,
+                &mut sk,
+                other * stage_k,
                 &map,
                 bh * nk,
                 next,
                 k_end,
-                MMA_TILE_K,
                 head_dim,
+                ks,
                 threads,
                 config.gathered,
             );
-            fetch_rows::<F>(
-                &v8,
-                &mut vregs,
+            copy_rows::<F>(
+                v,
+                &mut sv,
+                other * stage_v,
                 &map,
                 bh * nk,
                 next,
                 k_end,
-                MMA_TILE_K,
                 value_dim,
+                vs,
                 threads,
                 config.gathered,
             );
+            if other == 0 {
+                bar0.commit_copy_async();
+                bar0.arrive();
+            } else {
+                bar1.commit_copy_async();
+                bar1.arrive();
+            }
         }
+        let phase = ((step / 2) % 2) as u32;
+        if stage == 0 {
+            bar0.wait_parity(phase);
+        } else {
+            bar1.wait_parity(phase);
+        }
+        let k_off = stage * stage_k;
+        let v_off = stage * stage_v;
+        step += 1;
         // This step's compute, on the tile now in shared memory.
         {
             // S = Q K^T, 8 keys per MMA column chunk, two chunks per ldmatrix.x4 (matrices: keys
@@ -298,7 +371,7 @@ pub fn block_sparse_forward_mma<F: Float>(
                     for r in 0..4usize {
                         a[r] = qf[kk * 4 + r];
                     }
-                    let at = (jp * 16 + (mi / 2) * 8 + ri) * ks + kk * 16 + (mi % 2) * 8;
+                    let at = k_off + (jp * 16 + (mi / 2) * 8 + ri) * ks + kk * 16 + (mi % 2) * 8;
                     let regs = def.load_matrix::<F, Const<2>>(&sk.slice(at, at + 8), MatrixIdent::B, 4usize, false);
                     let mut b0 = Array::<Pair<F>>::new(2usize);
                     b0[0usize] = regs[0usize];
@@ -319,25 +392,26 @@ pub fn block_sparse_forward_mma<F: Float>(
                 s[jp * 4 + 3] = c1[1usize];
             }
 
-            // Scale, bias, masks; the tile's row maxima over the quad.
+            // Masks (and bias), then the tile's row maxima over the quad. Without bias or partial
+            // blocks the scores stay unscaled (the scale, positive, is folded into the
+            // exponent) and only a block's last, ragged tile is masked: a uniform branch.
             let tail = kt + MMA_TILE_K > block_end;
             let mut tmax_a = f32::new(NEG_BIG);
             let mut tmax_b = f32::new(NEG_BIG);
-            #[unroll]
-            for j in 0..MMA_TILE_K / 8 {
+            if comptime![has_bias || config.partial] {
                 #[unroll]
-                for r in 0..2usize {
-                    let mut x = s[j * 2 + r];
-                    let mut local = local_a;
-                    if comptime![r == 1] {
-                        local = local_b;
-                    }
+                for j in 0..MMA_TILE_K / 8 {
                     #[unroll]
-                    for el in 0..2usize {
-                        let key = kt + j * 8 + t * 2 + el;
-                        let mut val = x[el] * scale;
-                        if comptime![has_bias || config.partial] {
-                            val = f32::new(NEG_BIG);
+                    for r in 0..2usize {
+                        let mut x = s[j * 2 + r];
+                        let mut local = local_a;
+                        if comptime![r == 1] {
+                            local = local_b;
+                        }
+                        #[unroll]
+                        for el in 0..2usize {
+                            let key = kt + j * 8 + t * 2 + el;
+                            let mut val = f32::new(NEG_BIG);
                             if key < block_end {
                                 val = finish_score::<F>(
                                     x[el] * scale,
@@ -353,58 +427,91 @@ pub fn block_sparse_forward_mma<F: Float>(
                                     config,
                                 );
                             }
+                            x[el] = val;
                         }
-                        // Keys past the block (zero-filled rows) only in a block's last tile.
-                        if comptime![!(has_bias || config.partial)] {
-                            if tail && key >= block_end {
-                                val = f32::new(NEG_BIG);
+                        s[j * 2 + r] = x;
+                    }
+                }
+            } else {
+                if tail {
+                    #[unroll]
+                    for j in 0..MMA_TILE_K / 8 {
+                        #[unroll]
+                        for r in 0..2usize {
+                            let mut x = s[j * 2 + r];
+                            #[unroll]
+                            for el in 0..2usize {
+                                if kt + j * 8 + t * 2 + el >= block_end {
+                                    x[el] = f32::new(NEG_BIG);
+                                }
                             }
-                        }
-                        x[el] = val;
-                        if comptime![r == 0] {
-                            tmax_a = f32::max(tmax_a, val);
-                        } else {
-                            tmax_b = f32::max(tmax_b, val);
+                            s[j * 2 + r] = x;
                         }
                     }
-                    s[j * 2 + r] = x;
                 }
+            }
+            #[unroll]
+            for j in 0..MMA_TILE_K / 8 {
+                let xa = s[j * 2];
+                let xb = s[j * 2 + 1];
+                tmax_a = f32::max(tmax_a, f32::max(xa[0usize], xa[1usize]));
+                tmax_b = f32::max(tmax_b, f32::max(xb[0usize], xb[1usize]));
             }
             tmax_a = f32::max(tmax_a, plane_shuffle_xor(tmax_a, 1u32));
             tmax_a = f32::max(tmax_a, plane_shuffle_xor(tmax_a, 2u32));
             tmax_b = f32::max(tmax_b, plane_shuffle_xor(tmax_b, 1u32));
             tmax_b = f32::max(tmax_b, plane_shuffle_xor(tmax_b, 2u32));
-            let new_a = f32::max(m_a, tmax_a);
-            let new_b = f32::max(m_b, tmax_b);
+            // `sc` turns what `s` holds into scaled scores; `m_*` are scaled maxima.
+            let mut sc = 1.0f32;
+            if comptime![!(has_bias || config.partial)] {
+                sc = scale;
+            }
+            let new_a = f32::max(m_a, tmax_a * sc);
+            let new_b = f32::max(m_b, tmax_b * sc);
             let corr_a = f32::exp(m_a - new_a);
             let corr_b = f32::exp(m_b - new_b);
             m_a = new_a;
             m_b = new_b;
             l_a *= corr_a;
             l_b *= corr_b;
-            #[unroll]
-            for jn in 0..value_dim / 8 {
-                let mut xa = o[jn * 2];
-                xa[0usize] *= corr_a;
-                xa[1usize] *= corr_a;
-                o[jn * 2] = xa;
-                let mut xb = o[jn * 2 + 1];
-                xb[0usize] *= corr_b;
-                xb[1usize] *= corr_b;
-                o[jn * 2 + 1] = xb;
+            // Rescale the output only when some row of the plane has a new maximum: after the
+            // first tiles that is rare, and the branch is uniform over the plane.
+            if plane_any(corr_a < 1.0f32 || corr_b < 1.0f32) {
+                #[unroll]
+                for jn in 0..value_dim / 8 {
+                    let mut xa = o[jn * 2];
+                    xa[0usize] *= corr_a;
+                    xa[1usize] *= corr_a;
+                    o[jn * 2] = xa;
+                    let mut xb = o[jn * 2 + 1];
+                    xb[0usize] *= corr_b;
+                    xb[1usize] *= corr_b;
+                    o[jn * 2 + 1] = xb;
+                }
             }
 
-            // P = exp(S - m), in place; row sums.
+            // P = exp(S sc - m), in place; row sums. A row with every key so far masked (only
+            // with bias or partial blocks) subtracts 0 instead, so its masked scores give 0.
+            let mut sub_a = m_a;
+            let mut sub_b = m_b;
+            if comptime![has_bias || config.partial] {
+                if m_a < f32::new(MASKED_ROW) {
+                    sub_a = 0.0f32;
+                }
+                if m_b < f32::new(MASKED_ROW) {
+                    sub_b = 0.0f32;
+                }
+            }
             #[unroll]
             for j in 0..MMA_TILE_K / 8 {
                 let mut xa = s[j * 2];
-                xa[0usize] = weight(xa[0usize], m_a);
-                xa[1usize] = weight(xa[1usize], m_a);
+                xa[0usize] = f32::exp(xa[0usize] * sc - sub_a);
+                xa[1usize] = f32::exp(xa[1usize] * sc - sub_a);
                 l_a += xa[0usize] + xa[1usize];
                 s[j * 2] = xa;
                 let mut xb = s[j * 2 + 1];
-                xb[0usize] = weight(xb[0usize], m_b);
-                xb[1usize] = weight(xb[1usize], m_b);
+                xb[0usize] = f32::exp(xb[0usize] * sc - sub_b);
+                xb[1usize] = f32::exp(xb[1usize] * sc - sub_b);
                 l_b += xb[0usize] + xb[1usize];
                 s[j * 2 + 1] = xb;
             }
@@ -421,7 +528,7 @@ pub fn block_sparse_forward_mma<F: Float>(
                 // transposed on load (V is row-major by key).
                 #[unroll]
                 for jp in 0..value_dim / 16 {
-                    let at = (kk * 16 + (mi % 2) * 8 + ri) * vs + jp * 16 + (mi / 2) * 8;
+                    let at = v_off + (kk * 16 + (mi % 2) * 8 + ri) * vs + jp * 16 + (mi / 2) * 8;
                     let regs = def.load_matrix::<F, Const<2>>(&sv.slice(at, at + 8), MatrixIdent::B, 4usize, true);
                     #[unroll]
                     for half in 0..2usize {

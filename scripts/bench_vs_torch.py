@@ -1,0 +1,152 @@
+"""Check our outputs (written by examples/engine_device.rs) against an independent f32 reference
+and time the peers on the same inputs, shape by shape: FlexAttention with the same block mask for
+every STA variant; cuDNN SDPA, FA2 SDPA and FlexAttention dense for dense attention. Prints one
+table per shape and the issue's ratios.
+
+The f32 reference is computed here with plain torch (chunked over query rows, cuBLAS in f32, TF32
+off) on batch 0, heads 0-1; torch's own low-precision kernel is measured against the same
+reference as the yardstick.
+
+usage: python3 scripts/bench_vs_torch.py DIR
+"""
+import json
+import sys
+from collections import defaultdict
+
+import numpy as np
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+torch.backends.cuda.matmul.allow_tf32 = False
+torch._dynamo.config.cache_size_limit = 64
+root = sys.argv[1]
+meta = json.load(open(f"{root}/meta.json"))
+dtype = {"bf16": torch.bfloat16, "f16": torch.float16}[meta["dtype"]]
+sdpa = torch.nn.functional.scaled_dot_product_attention
+flex = torch.compile(flex_attention)
+REF_HEADS = 2
+
+
+def bench(fn, rep=2000):
+    return triton.testing.do_bench(fn, warmup=300, rep=rep)
+
+
+def sta_mask_mod(shape, entry):
+    """STA of spec section 2: the window of tiles around the query's tile, text global."""
+    (T, Hc, W), (tt, th, tw), win = shape["canvas"], entry["tile"], entry["window"]
+    assert T % tt == 0 and Hc % th == 0 and W % tw == 0, "this script assumes tiles divide the canvas"
+    counts = [T // tt, Hc // th, W // tw]
+    video, vol, text = T * Hc * W, tt * th * tw, shape["text"]
+    first = 0 if shape["text_after"] else text
+    natural = entry["order"] == "natural"
+
+    def tile_of(p):
+        p = p - first
+        if natural:
+            return p // (Hc * W) // tt, (p // W) % Hc // th, p % W // tw
+        t = p // vol
+        return t // (counts[1] * counts[2]), (t // counts[2]) % counts[1], t % counts[2]
+
+    def mask_mod(b, h, qi, ki):
+        is_text_q = (qi < first) | (qi >= first + video)
+        is_text_k = (ki < first) | (ki >= first + video)
+        near = torch.ones_like(qi, dtype=torch.bool)
+        for cq, ck, n, w in zip(tile_of(qi), tile_of(ki), counts, win):
+            if w < n:
+                half = w // 2
+                near = near & ((cq.clamp(half, n - 1 - half) - ck).abs() <= half)
+        return is_text_q | is_text_k | near
+
+    return mask_mod
+
+
+def reference_f32(q, k, v, mask_mod, chunk=2048):
+    """Masked softmax attention in f32, chunked over query rows (never N x N in memory)."""
+    q, k, v = q.float(), k.float(), v.float()
+    n, scale = q.shape[-2], q.shape[-1] ** -0.5
+    out = torch.empty_like(q)
+    kj = torch.arange(n, device=q.device)
+    for s in range(0, n, chunk):
+        qi = torch.arange(s, min(s + chunk, n), device=q.device)
+        scores = torch.matmul(q[..., s : s + chunk, :], k.transpose(-1, -2)) * scale
+        if mask_mod is not None:
+            allowed = mask_mod(None, None, qi[:, None], kj[None, :])
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        out[..., s : s + chunk, :] = torch.matmul(torch.softmax(scores, dim=-1), v)
+    return out
+
+
+def rel(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm()).item()
+
+
+entries = defaultdict(list)
+for e in meta["entries"]:
+    entries[e["shape"]].append(e)
+
+summary = []
+for name, group in entries.items():
+    shape = json.load(open(f"{root}/{name}/shape.json"))
+    Bt, H, N, D = shape["batch"], shape["heads"], shape["n"], shape["d"]
+
+    def load(file):
+        raw = np.fromfile(f"{root}/{name}/{file}", dtype=np.int16)
+        return torch.from_numpy(raw).view(dtype).reshape(Bt, H, N, D).cuda()
+
+    q, k, v = (load(f"{x}.bin") for x in ("q", "k", "v"))
+    sub = lambda x: x[:1, :REF_HEADS]  # noqa: E731
+    rows = []
+    dense_flops = 4 * N * N * D * H * Bt
+    ours_dense = None
+    for e in group:
+        ours = load(e["file"])
+        flops = 4 * e["allowed_pairs_per_head"] * D * H * Bt
+        if e["variant"] == "dense":
+            ours_dense = e["median_ms"]
+            ref = reference_f32(sub(q), sub(k), sub(v), None)
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                yard = rel(sdpa(sub(q), sub(k), sub(v)), ref)
+                cudnn = bench(lambda: sdpa(q, k, v))
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                fa2 = bench(lambda: sdpa(q, k, v))
+            flex_dense = bench(lambda: flex(q, k, v))
+            rows.append(("ours dense", e["median_ms"], flops, rel(sub(ours), ref), f"cuDNN bf16 {yard:.2e}", None))
+            rows += [("cuDNN SDPA dense", cudnn, dense_flops, None, "", None),
+                     ("FA2 SDPA dense", fa2, dense_flops, None, "", None),
+                     ("FlexAttention dense", flex_dense, dense_flops, None, "", None)]
+            summary.append(f"{name} dense: ours / cuDNN throughput {cudnn / e['median_ms']:.3f}, / FA2 "
+                           f"{fa2 / e['median_ms']:.3f}, / Flex dense {flex_dense / e['median_ms']:.3f}")
+        else:
+            mask_mod = sta_mask_mod(shape, e)
+            ref = reference_f32(sub(q), sub(k), sub(v), mask_mod)
+            block_mask = create_block_mask(mask_mod, None, None, N, N, device="cuda", _compile=True)
+            theirs = flex(q, k, v, block_mask=block_mask)
+            flex_ms = bench(lambda: flex(q, k, v, block_mask=block_mask))
+            rows.append((f"ours {e['variant']}", e["median_ms"], flops, rel(sub(ours), ref),
+                         f"Flex bf16 {rel(sub(theirs), ref):.2e}", e.get("plan_ms")))
+            rows.append((f"FlexAttention {e['variant']}", flex_ms, flops, None, "", None))
+            summary.append(f"{name} {e['variant']} (density {e['allowed_pairs_per_head'] / N / N:.3f}): "
+                           f"ours / Flex speed {flex_ms / e['median_ms']:.3f}, plan build "
+                           f"{e['plan_ms']:.3f} ms = {100 * e['plan_ms'] / e['median_ms']:.2f}% of the call")
+        del ours
+    print(f"\n{name}: B{Bt} H{H} N={N} d{D} {meta['dtype']} (canvas {shape['canvas']}, "
+          f"{shape['text']} text {'after' if shape['text_after'] else 'before'})")
+    print(f"| {'what':36s} | {'ms':>9s} | {'TF/s eff':>8s} | {'rel err vs f32':>14s} | {'yardstick':>18s} |")
+    print(f"|{'-' * 38}|{'-' * 11}|{'-' * 10}|{'-' * 16}|{'-' * 20}|")
+    for what, ms, flops, err, yard, _ in rows:
+        err_s = f"{err:.2e}" if err is not None else ""
+        print(f"| {what:36s} | {ms:9.2f} | {flops / ms / 1e9:8.1f} | {err_s:>14s} | {yard:>18s} |")
+    if ours_dense:
+        for what, ms, flops, *_ in rows:
+            if what.startswith("ours sta"):
+                eff = (flops / ms) / (dense_flops / ours_dense)
+                summary.append(f"{name} {what[5:]}: sparse efficiency (STA TF/s / our dense TF/s) {eff:.2f}")
+    del q, k, v
+    torch.cuda.empty_cache()
+
+print("\nratios (same run):")
+for line in summary:
+    print(" ", line)
