@@ -30,7 +30,7 @@ REF_HEADS = 2
 
 
 def bench(fn, rep=2000):
-    return triton.testing.do_bench(fn, warmup=300, rep=rep)
+    return triton.testing.do_bench(fn, warmup=300, rep=rep, return_mode="median")
 
 
 def sta_mask_mod(shape, entry):

@@ -63,4 +63,4 @@ pub use glue::SparseAttentionBackend;
 pub use mask::{AttentionMask, BlockKind, BlockMap, BlockPartition, MaskStats, PatternSpec};
 pub use permutation::{TokenPermutation, to_natural, to_tile_major};
 pub use plan::KernelPlan;
-pub use reference::{AttentionOptions, AttentionOutput};
+pub use reference::{AttentionOptions, AttentionOutput, SCALE_RANGE};

@@ -7,8 +7,8 @@ use common::*;
 use dit_attention::mask::BlockLayout;
 use dit_attention::reference::{block_sparse_attention_reference, dense_attention_reference, sta_attention_reference};
 use dit_attention::{
-    AttentionMask, AttentionOptions, BlockKind, BlockMap, BlockPartition, Canvas, PatternSpec, TextSpec, TileShape,
-    TokenOrder, VideoLayout,
+    AttentionMask, AttentionOptions, BlockKind, BlockMap, BlockPartition, Canvas, KernelPlan, PatternSpec, TextSpec,
+    TileShape, TokenOrder, VideoLayout, attention_with_plan,
 };
 
 fn layout() -> VideoLayout {
@@ -139,12 +139,20 @@ fn tensor_shapes_are_checked() {
         AttentionOptions::default(),
     ));
     assert_names(&msg, &["query", "empty", "[1, 0, 5, 4]"]);
-    for (scale, names) in [(f64::INFINITY, &["scale", "inf"][..]), (-0.5, &["scale", "positive", "-0.5"][..])] {
+    for (scale, names) in [
+        (f64::INFINITY, &["scale", "inf"][..]),
+        (-0.5, &["scale", "positive", "-0.5"][..]),
+        (1e-30, &["scale", "between", "1e-10"][..]),
+    ] {
         let x = t([1, 1, 5, 4]);
         let options = AttentionOptions::with_scale(scale);
         let msg = err_of(dense_attention_reference(x.clone(), x.clone(), x, None, None, options));
         assert_names(&msg, names);
     }
+    // A prepared plan carries its own scale: checked too, before any kernel sees it.
+    let x = t([1, 1, 5, 4]);
+    let msg = err_of(attention_with_plan(x.clone(), x.clone(), x, None, &KernelPlan::dense(5, 5, 0.0)));
+    assert_names(&msg, &["scale", "positive", "got 0"]);
     let m = Tensor::<B64, 4, burn::tensor::Bool>::empty([1, 2, 5, 5], &Default::default());
     let msg = err_of(dense_attention_reference(
         t([1, 2, 5, 4]),

@@ -65,6 +65,7 @@ pub fn attention_with_plan<B: SparseAttentionBackend>(
     plan: &KernelPlan,
 ) -> Result<AttentionOutput<B>> {
     check_qkv(&q, &k, &v, bias.as_ref())?;
+    crate::reference::check_scale(plan.scale())?;
     let [_, heads, nq, d] = q.dims();
     let [_, _, nk, dv] = v.dims();
     if nq != plan.q_len() || nk != plan.k_len() {

@@ -30,6 +30,24 @@ pub struct AttentionOutput<B: Backend> {
     pub lse: Tensor<B, 3>,
 }
 
+/// The score scales the kernels take: positive (they take a row's maximum on unscaled scores,
+/// the scaled maximum only for a positive scale) and moderate (a masked score is `-1e30 * scale`,
+/// which must stay finite in f32 and far below every real score).
+pub const SCALE_RANGE: std::ops::RangeInclusive<f64> = 1e-10..=1e8;
+
+/// Checks a score scale against [`SCALE_RANGE`], naming the value.
+pub(crate) fn check_scale(scale: f64) -> Result<()> {
+    if SCALE_RANGE.contains(&scale) {
+        Ok(())
+    } else {
+        Err(DitAttentionError::Invalid(format!(
+            "attention scale must be finite and positive, between {:e} and {:e}; got {scale}",
+            SCALE_RANGE.start(),
+            SCALE_RANGE.end()
+        )))
+    }
+}
+
 /// Options shared by the attention functions.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct AttentionOptions {
@@ -43,15 +61,9 @@ impl AttentionOptions {
         Self { scale: Some(scale) }
     }
 
-    /// Checks the options: a scale must be finite and positive (the kernels take a row's maximum
-    /// on unscaled scores, which is the scaled maximum only for a positive scale).
+    /// Checks the options: an explicit scale must lie in [`SCALE_RANGE`].
     pub fn validate(&self) -> Result<()> {
-        match self.scale {
-            Some(s) if !(s.is_finite() && s > 0.0) => {
-                Err(DitAttentionError::Invalid(format!("attention scale must be finite and positive, got {s}")))
-            }
-            _ => Ok(()),
-        }
+        self.scale.map_or(Ok(()), check_scale)
     }
 
     pub(crate) fn scale_for(&self, head_dim: usize) -> f64 {

@@ -1,9 +1,9 @@
 //! The register-level tensor-core forward (cubecl's manual MMA: PTX `mma.sync` m16n8k16, f16 or
 //! bf16 inputs, f32 accumulation), FlashAttention-2 style. A cube is `warps` planes; each
 //! plane owns 16 query rows, its Q fragments, its output accumulators and its softmax statistics
-//! in registers. Per tile of [`MMA_TILE_K`] keys the cube loads K and V into shared memory once
-//! for all its rows (16-byte loads; the next tile is already in flight in registers); fragments
-//! come out of shared memory by `ldmatrix`; `S = Q K^T`, the online softmax and `O += P V` run in
+//! in registers. Per tile of [`MMA_TILE_K`] keys the cube copies K and V into shared memory once
+//! for all its rows (`cp.async`, 16 bytes a copy, into two stages: the next tile lands while this
+//! one computes); fragments come out of shared memory by `ldmatrix`; `S = Q K^T`, the online softmax and `O += P V` run in
 //! registers: the score accumulators of two adjacent 8-key chunks are exactly the A operand of the next MMA
 //! (the PTX fragment layouts line up), and a row's max and sum need only the four lanes that
 //! hold it (two butterfly shuffles).
@@ -25,8 +25,6 @@ pub const MMA_TILE_K: usize = 64;
 /// Shared-memory row padding (elements): rows 16 bytes apart in the bank pattern, so the eight
 /// rows a fragment load touches hit different banks.
 const PAD: usize = 8;
-/// A row maximum below this has seen only masked scores.
-const MASKED_ROW: f32 = NEG_BIG * 0.5;
 
 type Pair<E> = Vector<E, Const<2>>;
 type Oct<E> = Vector<E, Const<8>>;
@@ -139,12 +137,14 @@ fn store_rows<F: Float>(
 }
 
 /// Forward pass over a block map with register-level MMA. Same contract as
-/// [`super::block_sparse_forward_portable`]; `head_dim` and `value_dim` are multiples of 16 (up
-/// to 128). The cube is `(32, warps)` units (`warps` a multiple of 4), `16 * warps` query rows;
+/// [`super::block_sparse_forward_portable`], and the scale must be positive (the row maximum is
+/// taken on unscaled scores) and small enough that `NEG_BIG * scale` stays finite and far below
+/// any real score (the host validates `1e-10 <= scale <= 1e8`); `head_dim` and `value_dim` are
+/// multiples of 16 (up to 128). The cube is `(32, warps)` units (`warps` a multiple of 4), `16 * warps` query rows;
 /// the grid `(nqb * chunks_per_block, bh)` with `chunks_per_block = ceil(largest query block /
 /// (16 * warps))`.
-// Fast exponentials (`__expf`): the softmax arguments are finite (masked scores are -1e30, not
-// -inf) and its error is far below bf16/f16 rounding.
+// Fast exponentials (`__expf`): the softmax arguments are finite (masked scores are -1e30, times
+// a validated scale, not -inf) and its error is far below bf16/f16 rounding.
 // `collapsible_if`: the outer `if`s of the score loop are comptime branches (code paths).
 #[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments, clippy::collapsible_if, clippy::collapsible_else_if)]
@@ -495,10 +495,10 @@ pub fn block_sparse_forward_mma<F: Float>(
             let mut sub_a = m_a;
             let mut sub_b = m_b;
             if comptime![has_bias || config.partial] {
-                if m_a < f32::new(MASKED_ROW) {
+                if m_a <= f32::new(NEG_BIG) {
                     sub_a = 0.0f32;
                 }
-                if m_b < f32::new(MASKED_ROW) {
+                if m_b <= f32::new(NEG_BIG) {
                     sub_b = 0.0f32;
                 }
             }
