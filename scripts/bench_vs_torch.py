@@ -150,3 +150,31 @@ for name, group in entries.items():
 print("\nratios (same run):")
 for line in summary:
     print(" ", line)
+
+# Token merging (examples/merge_device.rs, CogVideoX-2B shape): ours against our dense and torch
+# SDPA on the merged and the full length, timed here on random inputs of the same shape.
+try:
+    merge = json.load(open(f"{root}/merge.json"))
+except FileNotFoundError:
+    merge = None
+if merge:
+    Bt, H, N, D = merge["batch"], merge["heads"], merge["n"], merge["d"]
+    q = torch.randn(Bt, H, N, D, device="cuda", dtype=dtype)
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        cudnn_full = bench(lambda: sdpa(q, q, q))
+    print(f"\ntoken merging, cogvideox-2b attention shape B{Bt} H{H} N={N} d{D}: our dense "
+          f"{merge['dense_ms']:.3f} ms, cuDNN SDPA dense {cudnn_full:.3f} ms (same run)")
+    print("| r | mode | whole call ms | x our dense | x cuDNN dense | matching ms (% of call) | reuse ms | "
+          "gap amortised ms (x dense) | cuDNN on merged KV ms | compute vs dense | plan = reference | rel diff vs dense |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for e in merge["entries"]:
+        kv = torch.randn(Bt, H, e["n_kept"], D, device="cuda", dtype=dtype)
+        qm = q if e["mode"] == "kv" else kv
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            cudnn_merged = bench(lambda: sdpa(qm, kv, kv))
+        print(f"| {e['r']} | {e['mode']} | {e['call_ms']:.3f} | {merge['dense_ms'] / e['call_ms']:.2f} | "
+              f"{cudnn_full / e['call_ms']:.2f} | {e['matching_ms']:.3f} ({100 * e['matching_ms'] / e['call_ms']:.1f}%) | "
+              f"{e['reuse_ms']:.3f} | {e['amortised_ms']:.3f} ({merge['dense_ms'] / e['amortised_ms']:.2f}) | "
+              f"{cudnn_merged:.3f} | {e['pairs_fraction']:.3f} | {'yes' if e['plan_mismatches'] == 0 else 'NO'} | "
+              f"{e['rel_diff_vs_dense']:.4f} |")
+        del kv

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One run on the GPU machine (see README "On a GPU"). Expects the binaries in .device/
-# (engine_cuda test binary, engine_device).
+# (engine_cuda test binary, engine_device, merge_device).
 #   scripts/device_run.sh tests   # the CUDA test suite (SKIP=autodiff skips the slow gradient test)
 #   scripts/device_run.sh bench   # every benchmark shape (SHAPES=hunyuan,... to choose): ours, then
-#                                 # torch on the same inputs; one table per shape and the ratios
+#                                 # torch on the same inputs; one table per shape and the ratios;
+#                                 # token merging at the CogVideoX-2B shape when cogvideox-2b is run
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/dit-out}
@@ -19,6 +20,10 @@ case "${1:-all}" in
   bench|all)
     ./.device/engine_device --out "$data" --dtype "${DTYPE:-bf16}" --runs "${RUNS:-10}" \
       ${SHAPES:+--shapes "$SHAPES"} 2>&1 | tee "$out/ours.log"
+    if [ -x ./.device/merge_device ] && [[ ",${SHAPES:-cogvideox-2b}," == *",cogvideox-2b,"* ]]; then
+      ./.device/merge_device --out "$data" --runs "${RUNS:-10}" 2>&1 | tee "$out/merge.log"
+      cp "$data/merge.json" "$out/merge.json"
+    fi
     cp "$data/meta.json" "$out/meta.json"
     python3 scripts/bench_vs_torch.py "$data" 2>&1 | tee "$out/torch.log"
     ;;

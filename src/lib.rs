@@ -1,13 +1,15 @@
 //! # dit-attention
 //!
 //! Fast sparse attention for video diffusion transformers on [burn]: Sliding Tile Attention,
-//! neighbourhood-style local patterns, and (in later releases) token merging and smart attention,
-//! all on one block-sparse flash-attention engine.
+//! neighbourhood-style local patterns and token merging (ToMe in 3D), and (in later releases) smart
+//! attention, all on one block-sparse flash-attention engine.
 //!
 //! - [`attention`]: the public API: `dense_attention`, `block_sparse_attention`,
 //!   `sliding_tile_attention`, their modules and the swappable [`VideoAttentionConfig`], on every
 //!   backend through [`SparseAttentionBackend`] (the CubeCL kernel on `CubeBackend` and `Fusion`,
 //!   the references elsewhere, `Autodiff` over either);
+//! - [`merge`]: token merging: destinations, matching, `merge` / `unmerge`, proportional
+//!   attention, [`TokenMergeAttention`];
 //! - [`plan`]: the kernel contract (counts and key-block indices per query block);
 //! - [`canvas`]: canvases `T x H x W`, tiles, text placement, token orders;
 //! - [`permutation`]: the exact natural <-> tile-major permutation (ragged canvases included), as
@@ -48,6 +50,7 @@ pub mod canvas;
 pub mod error;
 pub mod glue;
 pub mod mask;
+pub mod merge;
 pub mod permutation;
 pub mod plan;
 pub mod reference;
@@ -61,6 +64,7 @@ pub use canvas::{Canvas, TextPlacement, TextSpec, TileShape, Tiling, Token, Toke
 pub use error::{DitAttentionError, Result};
 pub use glue::SparseAttentionBackend;
 pub use mask::{AttentionMask, BlockKind, BlockMap, BlockPartition, MaskStats, PatternSpec};
+pub use merge::{MergeAmount, MergeMode, MergePlan, MergeState, TokenMergeAttention, TokenMergeAttentionConfig};
 pub use permutation::{TokenPermutation, to_natural, to_tile_major};
 pub use plan::KernelPlan;
 pub use reference::{AttentionOptions, AttentionOutput, SCALE_RANGE};

@@ -17,3 +17,10 @@ fn supported(dtype: DType) -> bool {
 }
 
 gpu_engine_suite!(burn::backend::Cuda<f32, i32>, CubeBackend<CudaRuntime, f32, i32, u8>, CudaDevice::default(), supported, "tensor-core (mma.sync) CubeCL kernel");
+
+gpu_merge_suite!(
+    burn::backend::Cuda<f32, i32>,
+    CubeBackend<CudaRuntime, f32, i32, u8>,
+    CudaDevice::default(),
+    [DType::F16, DType::BF16].into_iter().filter(|&t| supported(t)).collect()
+);

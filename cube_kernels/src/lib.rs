@@ -7,5 +7,6 @@
 //! (counts and key-block indices per query block, `dit_attention::KernelPlan`).
 
 pub mod attention;
+pub mod merge;
 
 pub use cubecl;

@@ -8,7 +8,9 @@ use super::block_sparse::{BlockSparseAttention, BlockSparseAttentionConfig};
 use super::dense::{DenseAttention, DenseAttentionConfig};
 use super::sta::{SlidingTileAttention, SlidingTileAttentionConfig};
 
+use crate::error::DitAttentionError;
 use crate::glue::SparseAttentionBackend;
+use crate::merge::{MergeState, TokenMergeAttention, TokenMergeAttentionConfig};
 use crate::reference::AttentionOutput;
 
 /// Which attention a video DiT uses.
@@ -21,6 +23,8 @@ pub enum VideoAttentionConfig {
     SlidingTile(SlidingTileAttentionConfig),
     /// A local pattern's block map.
     BlockSparse(BlockSparseAttentionConfig),
+    /// Token merging (keys/values, or full with the output unmerged).
+    TokenMerge(TokenMergeAttentionConfig),
 }
 
 impl VideoAttentionConfig {
@@ -30,6 +34,7 @@ impl VideoAttentionConfig {
             VideoAttentionConfig::Dense(c) => VideoAttention::Dense(c.init()?),
             VideoAttentionConfig::SlidingTile(c) => VideoAttention::SlidingTile(c.init()?),
             VideoAttentionConfig::BlockSparse(c) => VideoAttention::BlockSparse(c.init()?),
+            VideoAttentionConfig::TokenMerge(c) => VideoAttention::TokenMerge(c.init()?),
         })
     }
 }
@@ -44,6 +49,8 @@ pub enum VideoAttention {
     SlidingTile(SlidingTileAttention),
     /// A local pattern's block map.
     BlockSparse(BlockSparseAttention),
+    /// Token merging.
+    TokenMerge(TokenMergeAttention),
 }
 
 impl VideoAttention {
@@ -61,7 +68,9 @@ impl VideoAttention {
         Ok(self.forward_with(q, k, v, None)?.output)
     }
 
-    /// Output and LSE, with an optional per-key bias.
+    /// Output and LSE, with an optional per-key bias (token merging takes none: its keys are
+    /// merged, and it adds its own `log(size)` bias). Token merging matches on every call here;
+    /// use [`TokenMergeAttention::forward_with_state`] to reuse a matching.
     ///
     /// # Shapes
     /// - q, k `[b, h, n, d]`, v `[b, h, n, dv]`, bias `[b or 1, h or 1, n]`
@@ -77,6 +86,14 @@ impl VideoAttention {
             VideoAttention::Dense(m) => m.forward_with(q, k, v, bias),
             VideoAttention::SlidingTile(m) => m.forward_with(q, k, v, bias),
             VideoAttention::BlockSparse(m) => m.forward_with(q, k, v, bias),
+            VideoAttention::TokenMerge(m) => {
+                if bias.is_some() {
+                    return Err(DitAttentionError::Invalid(
+                        "token merging takes no per-key bias (it merges the keys and adds log(size) itself)".into(),
+                    ));
+                }
+                m.forward_with_state(q, k, v, None, &mut MergeState::new())
+            }
         }
     }
 }

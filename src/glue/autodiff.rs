@@ -7,10 +7,11 @@ use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::tensor::{DType, backend::Backend, ops::FloatTensor};
+use burn::tensor::{DType, Tensor, backend::Backend, ops::FloatTensor};
 
-use super::backend::{SparseAttentionBackend, unwrap, wrap};
+use super::backend::{MergeIndices, SparseAttentionBackend, unwrap, wrap};
 use crate::error::Result;
+use crate::merge::MergeLayout;
 use crate::plan::KernelPlan;
 use crate::reference::attention_backward_reference;
 
@@ -125,6 +126,21 @@ impl<B: SparseAttentionBackend, C: CheckpointStrategy> SparseAttentionBackend fo
                 record::<B, C, 4>([&q, &k, &v, b], Which::Output, &saved, out),
                 record::<B, C, 4>([&q, &k, &v, b], Which::Lse, &saved, lse),
             ),
+        }
+    }
+
+    fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {
+        B::merge_kernels_apply(device, layout, groups, dtype)
+    }
+
+    // The matching has no gradient: it runs on the inner backend (its kernels where it has
+    // them). Merge and unmerge keep the default burn-tensor composites, which autodiff tracks.
+    fn merge_match(scores: Tensor<Self, 4>, layout: &MergeLayout) -> MergeIndices<Self> {
+        let inner = B::merge_match(scores.inner(), layout);
+        MergeIndices {
+            slot_of_token: Tensor::from_inner(inner.slot_of_token),
+            kept_token: Tensor::from_inner(inner.kept_token),
+            members: inner.members.map(|(o, m)| (Tensor::from_inner(o), Tensor::from_inner(m))),
         }
     }
 }

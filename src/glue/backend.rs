@@ -1,9 +1,11 @@
 //! The extension trait every backend implements: a kernel where there is one (CubeCL backends,
 //! fused or not), the burn-tensor references elsewhere.
 
-use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensor};
+use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensor};
 
 use crate::error::Result;
+use crate::merge::MergeLayout;
+use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
 use crate::plan::KernelPlan;
 use crate::reference::{AttentionOptions, block_sparse_attention_reference, dense_attention_reference};
 
@@ -43,6 +45,42 @@ pub trait SparseAttentionBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         reference_forward::<Self>(q, k, v, bias, plan)
     }
+
+    /// Whether the token-merging kernels take a matching of `groups` score matrices of `dtype`
+    /// (otherwise the burn-tensor references run).
+    fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {
+        let _ = (device, layout, groups, dtype);
+        false
+    }
+
+    /// Token merging: the merge plan's index tables from the cosine scores
+    /// `[b, m, sources, >= dsts]` (columns past the layout's destinations are padding), one
+    /// matching per `(b, m)` group (see [`crate::merge`]).
+    fn merge_match(scores: Tensor<Self, 4>, layout: &MergeLayout) -> MergeIndices<Self> {
+        match_reference(scores, layout)
+    }
+
+    /// Token merging: segment sums of `x [groups, reps, n, c]` into `[groups, reps, n_kept, c]`.
+    fn merge_segment_sum(x: Tensor<Self, 4>, indices: &MergeIndices<Self>, layout: &MergeLayout) -> Tensor<Self, 4> {
+        segment_sum_reference(x, indices, layout)
+    }
+
+    /// Token merging: unmerge, `[groups, reps, n_kept, c]` into `[groups, reps, n, c]`.
+    fn merge_gather(y: Tensor<Self, 4>, indices: &MergeIndices<Self>, layout: &MergeLayout) -> Tensor<Self, 4> {
+        gather_reference(y, indices, layout)
+    }
+}
+
+/// A merge plan's index tables on the device (see [`crate::merge::MergeLayout`] for the slots).
+#[derive(Debug, Clone)]
+pub struct MergeIndices<B: Backend> {
+    /// `[groups, n]`: the slot each token merges into (its own for a kept token).
+    pub slot_of_token: Tensor<B, 2, Int>,
+    /// `[groups, n_kept]`: the kept token of each slot.
+    pub kept_token: Tensor<B, 2, Int>,
+    /// The kernels' member lists: offsets `[groups, dsts + 1]` and the merged tokens of each
+    /// destination `[groups, max(r, 1)]`; `None` from the references.
+    pub members: Option<(Tensor<B, 2, Int>, Tensor<B, 2, Int>)>,
 }
 
 /// The forward through the burn-tensor references (any backend).

@@ -1,13 +1,14 @@
 //! CubeCL backends (`CubeBackend<R, ..>`: CUDA, wgpu): the engine's kernels.
 
-use burn::tensor::{DType, Shape};
+use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous, tensor::CubeTensor,
 };
 use dit_attention_kernels::attention::{ForwardPath, ForwardProblem, KernelElem, TC_ROWS, forward_elem};
 
-use super::backend::{SparseAttentionBackend, reference_forward, unwrap, wrap};
+use super::backend::{MergeIndices, SparseAttentionBackend, reference_forward, unwrap, wrap};
 use crate::error::{DitAttentionError, Result};
+use crate::merge::MergeLayout;
 use crate::plan::KernelPlan;
 
 /// Largest launch-grid dimension every runtime takes.
@@ -128,5 +129,165 @@ where
             DType::F32,
         );
         (out, lse)
+    }
+
+    fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {
+        merge::applies::<R>(device, layout, groups, dtype)
+    }
+
+    fn merge_match(scores: Tensor<Self, 4>, layout: &MergeLayout) -> MergeIndices<Self> {
+        merge::match_tokens(scores, layout)
+    }
+
+    fn merge_segment_sum(x: Tensor<Self, 4>, indices: &MergeIndices<Self>, layout: &MergeLayout) -> Tensor<Self, 4> {
+        merge::segment_sum(x, indices, layout)
+    }
+
+    fn merge_gather(y: Tensor<Self, 4>, indices: &MergeIndices<Self>, layout: &MergeLayout) -> Tensor<Self, 4> {
+        merge::gather(y, indices, layout)
+    }
+}
+
+/// Token merging on CubeCL backends: the kernels of `dit_attention_kernels::merge`.
+pub(crate) mod merge {
+    use burn::tensor::{DType, Int, Shape, Tensor};
+    use burn_cubecl::tensor::CubeTensor;
+    use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous};
+    use dit_attention_kernels::attention::KernelElem;
+    use dit_attention_kernels::merge::{
+        MatchLaunch, MatchOutput, RowsShape, launch_gather_rows, launch_match, launch_segment_sum, match_fits,
+    };
+
+    use super::{GRID_LIMIT, kernel_elem};
+    use crate::glue::{MergeIndices, unwrap, wrap};
+    use crate::merge::MergeLayout;
+    use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
+
+    type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+
+    pub(crate) fn applies<R: CubeRuntime>(
+        device: &R::Device,
+        layout: &MergeLayout,
+        groups: usize,
+        dtype: DType,
+    ) -> bool {
+        let client = R::client(device);
+        let counts_fit = (groups * layout.n.max(layout.src_token.len() * layout.dst_token.len())) < u32::MAX as usize;
+        layout.r > 0
+            && kernel_elem(dtype).is_some_and(|e| e.supported(&client))
+            && groups <= GRID_LIMIT
+            && counts_fit
+            && match_fits(&client, layout.dst_token.len())
+    }
+
+    fn int_tensor<R: CubeRuntime, I: IntElement, const D: usize>(
+        like: &CubeTensor<R>,
+        handle: dit_attention_kernels::cubecl::server::Handle,
+        shape: [usize; D],
+    ) -> CubeTensor<R> {
+        CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), Shape::from(shape), handle, I::dtype())
+    }
+
+    pub(crate) fn match_tokens<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+        scores: Tensor<Cube<R, F, I, BT>, 4>,
+        layout: &MergeLayout,
+    ) -> MergeIndices<Cube<R, F, I, BT>> {
+        let [outer, inner, _, _] = scores.dims();
+        let groups = outer * inner;
+        if !applies::<R>(&scores.device(), layout, groups, scores.dtype()) {
+            return match_reference(scores, layout);
+        }
+        // The scores as the matmul wrote them: the kernel reads any strides (no 4 GB copy).
+        let s: CubeTensor<R> = unwrap(scores);
+        let st = s.meta.strides();
+        let strides = [st[0], st[1], st[2], st[3]];
+        let job = MatchLaunch { scores: s.handle.clone(), strides, groups, inner, tables: layout.tables() };
+        let out: MatchOutput = match kernel_elem(s.dtype).expect("checked by applies") {
+            KernelElem::F32 => launch_match::<R, f32, I>(&s.client, job),
+            KernelElem::F16 => launch_match::<R, burn::tensor::f16, I>(&s.client, job),
+            KernelElem::BF16 => launch_match::<R, burn::tensor::bf16, I>(&s.client, job),
+        };
+        let (n, n_kept, d, rs) = (layout.n, layout.n_kept(), layout.dst_token.len(), layout.r.max(1));
+        let t = |h, shape: [usize; 2]| {
+            Tensor::<Cube<R, F, I, BT>, 2, Int>::from_primitive(int_tensor::<R, I, 2>(&s, h, shape))
+        };
+        MergeIndices {
+            slot_of_token: t(out.slot_of_token, [groups, n]),
+            kept_token: t(out.kept_token, [groups, n_kept]),
+            members: Some((t(out.member_offsets, [groups, d + 1]), t(out.members, [groups, rs]))),
+        }
+    }
+
+    pub(crate) fn segment_sum<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+        x: Tensor<Cube<R, F, I, BT>, 4>,
+        indices: &MergeIndices<Cube<R, F, I, BT>>,
+        layout: &MergeLayout,
+    ) -> Tensor<Cube<R, F, I, BT>, 4> {
+        let [groups, reps, n, c] = x.dims();
+        let elem = kernel_elem(x.dtype());
+        let Some(((offsets, members), elem)) = indices.members.as_ref().zip(elem) else {
+            return segment_sum_reference(x, indices, layout);
+        };
+        if groups * reps * layout.n.max(layout.n_kept()) * c >= u32::MAX as usize {
+            return segment_sum_reference(x, indices, layout);
+        }
+        let x = into_contiguous(unwrap(x));
+        let handle = |t: &Tensor<Cube<R, F, I, BT>, 2, Int>| into_contiguous(t.clone().into_primitive()).handle;
+        let plan = MatchOutput {
+            slot_of_token: handle(&indices.slot_of_token),
+            kept_token: handle(&indices.kept_token),
+            member_offsets: handle(offsets),
+            members: handle(members),
+        };
+        let shape = RowsShape { groups, reps, n, n_kept: layout.n_kept(), channels: c };
+        let tables = layout.tables();
+        let out = match elem {
+            KernelElem::F32 => launch_segment_sum::<R, f32, I>(&x.client, x.handle.clone(), &plan, tables, shape),
+            KernelElem::F16 => {
+                launch_segment_sum::<R, burn::tensor::f16, I>(&x.client, x.handle.clone(), &plan, tables, shape)
+            }
+            KernelElem::BF16 => {
+                launch_segment_sum::<R, burn::tensor::bf16, I>(&x.client, x.handle.clone(), &plan, tables, shape)
+            }
+        };
+        let out = CubeTensor::new_contiguous(
+            x.client.clone(),
+            x.device.clone(),
+            Shape::from([groups, reps, layout.n_kept(), c]),
+            out,
+            x.dtype,
+        );
+        wrap(out)
+    }
+
+    pub(crate) fn gather<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+        y: Tensor<Cube<R, F, I, BT>, 4>,
+        indices: &MergeIndices<Cube<R, F, I, BT>>,
+        layout: &MergeLayout,
+    ) -> Tensor<Cube<R, F, I, BT>, 4> {
+        let [groups, reps, n_kept, c] = y.dims();
+        let Some(elem) = kernel_elem(y.dtype()) else {
+            return gather_reference(y, indices, layout);
+        };
+        if groups * reps * layout.n * c >= u32::MAX as usize {
+            return gather_reference(y, indices, layout);
+        }
+        let y = into_contiguous(unwrap(y));
+        let slots = into_contiguous(indices.slot_of_token.clone().into_primitive()).handle;
+        let shape = RowsShape { groups, reps, n: layout.n, n_kept, channels: c };
+        let h = y.handle.clone();
+        let out = match elem {
+            KernelElem::F32 => launch_gather_rows::<R, f32, I>(&y.client, h, &slots, shape),
+            KernelElem::F16 => launch_gather_rows::<R, burn::tensor::f16, I>(&y.client, h, &slots, shape),
+            KernelElem::BF16 => launch_gather_rows::<R, burn::tensor::bf16, I>(&y.client, h, &slots, shape),
+        };
+        let out = CubeTensor::new_contiguous(
+            y.client.clone(),
+            y.device.clone(),
+            Shape::from([groups, reps, layout.n, c]),
+            out,
+            y.dtype,
+        );
+        wrap(out)
     }
 }

@@ -3,14 +3,18 @@
 //! the stream executes.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
-use burn::tensor::{DType, Shape, ops::FloatTensor};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{DType, Element, Int, Shape, Tensor, TensorPrimitive};
 use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::{Fusion, FusionBackend};
+use burn_fusion::{Fusion, FusionBackend, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use super::backend::SparseAttentionBackend;
+use super::backend::{MergeIndices, SparseAttentionBackend};
 use crate::error::Result;
+use crate::merge::MergeLayout;
+use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
 use crate::plan::KernelPlan;
 
 #[derive(Debug)]
@@ -71,4 +75,207 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
         let out = outputs.pop().expect("two outputs");
         (out, lse)
     }
+
+    fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {
+        B::merge_kernels_apply(device, layout, groups, dtype)
+    }
+
+    fn merge_match(scores: Tensor<Self, 4>, layout: &MergeLayout) -> MergeIndices<Self> {
+        merge_match::<B>(scores, layout)
+    }
+
+    fn merge_segment_sum(x: Tensor<Self, 4>, indices: &MergeIndices<Self>, layout: &MergeLayout) -> Tensor<Self, 4> {
+        merge_segment_sum::<B>(x, indices, layout)
+    }
+
+    fn merge_gather(y: Tensor<Self, 4>, indices: &MergeIndices<Self>, layout: &MergeLayout) -> Tensor<Self, 4> {
+        merge_gather::<B>(y, indices, layout)
+    }
+}
+
+/// A float or int primitive of the inner backend.
+enum Prim<B: FusionBackend> {
+    Float(FloatTensor<B>),
+    Int(IntTensor<B>),
+}
+
+/// Whether an operand is a float or an int tensor.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Float,
+    Int,
+}
+
+type KernelFn<B> = dyn Fn(Vec<Prim<B>>) -> Vec<Prim<B>> + Send + Sync;
+
+/// A custom operation that runs `B`'s token-merging kernels when the stream executes.
+struct MergeOp<B: FusionBackend> {
+    desc: CustomOpIr,
+    inputs: Vec<Kind>,
+    outputs: Vec<Kind>,
+    run: Arc<KernelFn<B>>,
+}
+
+impl<B: FusionBackend> std::fmt::Debug for MergeOp<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MergeOp").field("desc", &self.desc).finish()
+    }
+}
+
+impl<B: FusionBackend> Operation<B::FusionRuntime> for MergeOp<B> {
+    fn execute(&self, handles: &mut HandleContainer<B::Handle>) {
+        let ins = self.desc.inputs.iter().zip(&self.inputs);
+        let prims = ins
+            .map(|(ir, kind)| match kind {
+                Kind::Float => Prim::Float(handles.get_float_tensor::<B>(ir)),
+                Kind::Int => Prim::Int(handles.get_int_tensor::<B>(ir)),
+            })
+            .collect();
+        let outs = (self.run)(prims);
+        for ((ir, kind), prim) in self.desc.outputs.iter().zip(&self.outputs).zip(outs) {
+            match (kind, prim) {
+                (Kind::Float, Prim::Float(t)) => handles.register_float_tensor::<B>(&ir.id, t),
+                (Kind::Int, Prim::Int(t)) => handles.register_int_tensor::<B>(&ir.id, t),
+                _ => unreachable!("the operation's declared output kinds match what it returns"),
+            }
+        }
+    }
+}
+
+/// Registers a merge kernel call: `inputs` (float or int fusion tensors) in, outputs of the
+/// given shapes and dtypes out.
+fn register<B: FusionBackend>(
+    name: &'static str,
+    inputs: Vec<(Kind, FusionTensor<B::FusionRuntime>)>,
+    outputs: Vec<(Kind, Vec<usize>, DType)>,
+    run: Arc<KernelFn<B>>,
+) -> Vec<FusionTensor<B::FusionRuntime>> {
+    let client = inputs[0].1.client.clone();
+    let mut streams = OperationStreams::default();
+    for (_, t) in &inputs {
+        streams.tensor(t);
+    }
+    let in_kinds: Vec<Kind> = inputs.iter().map(|(k, _)| *k).collect();
+    let out_kinds: Vec<Kind> = outputs.iter().map(|(k, _, _)| *k).collect();
+    let in_ir: Vec<TensorIr> = inputs.into_iter().map(|(_, t)| t.into_ir()).collect();
+    let out_ir: Vec<TensorIr> = outputs
+        .into_iter()
+        .map(|(_, shape, dtype)| TensorIr::uninit(client.create_empty_handle(), Shape::from(shape), dtype))
+        .collect();
+    let desc = CustomOpIr::new(name, &in_ir, &out_ir);
+    let op = MergeOp::<B> { desc: desc.clone(), inputs: in_kinds, outputs: out_kinds, run };
+    client.register(streams, OperationIr::Custom(desc), op)
+}
+
+fn float<B: FusionBackend>(p: Prim<B>) -> FloatTensor<B> {
+    match p {
+        Prim::Float(t) => t,
+        Prim::Int(_) => unreachable!("declared as a float operand"),
+    }
+}
+
+fn int<B: FusionBackend>(p: Prim<B>) -> IntTensor<B> {
+    match p {
+        Prim::Int(t) => t,
+        Prim::Float(_) => unreachable!("declared as an int operand"),
+    }
+}
+
+/// Inner-backend merge indices from int primitives (slots, kept, then optionally the members).
+fn inner_indices<B: FusionBackend>(mut ints: Vec<IntTensor<B>>) -> MergeIndices<B> {
+    let members = (ints.len() == 4).then(|| {
+        let m = ints.pop().expect("four");
+        let o = ints.pop().expect("four");
+        (Tensor::from_primitive(o), Tensor::from_primitive(m))
+    });
+    let kept = ints.pop().expect("kept tokens");
+    let slots = ints.pop().expect("slots");
+    MergeIndices { slot_of_token: Tensor::from_primitive(slots), kept_token: Tensor::from_primitive(kept), members }
+}
+
+/// The int operands of fused merge indices, in [`inner_indices`] order.
+fn index_operands<B: FusionBackend>(indices: &MergeIndices<Fusion<B>>) -> Vec<(Kind, FusionTensor<B::FusionRuntime>)> {
+    let mut v = vec![indices.slot_of_token.clone(), indices.kept_token.clone()];
+    if let Some((o, m)) = &indices.members {
+        v.extend([o.clone(), m.clone()]);
+    }
+    v.into_iter().map(|t| (Kind::Int, t.into_primitive())).collect()
+}
+
+pub(super) fn merge_match<B: FusionBackend + SparseAttentionBackend>(
+    scores: Tensor<Fusion<B>, 4>,
+    layout: &MergeLayout,
+) -> MergeIndices<Fusion<B>> {
+    let [b, m, _, _] = scores.dims();
+    let groups = b * m;
+    if !B::merge_kernels_apply(&scores.device(), layout, groups, scores.dtype()) {
+        return match_reference(scores, layout);
+    }
+    let (n, n_kept, d, rs) = (layout.n, layout.n_kept(), layout.dst_token.len(), layout.r.max(1));
+    let int_dtype = B::IntElem::dtype();
+    let shared = Arc::new(layout.clone());
+    let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
+        let scores = ins.into_iter().next().map(float::<B>).expect("one input");
+        let idx = B::merge_match(Tensor::from_primitive(TensorPrimitive::Float(scores)), &shared);
+        let (o, m) = idx.members.expect("the kernels were checked to apply");
+        [idx.slot_of_token, idx.kept_token, o, m].into_iter().map(|t| Prim::Int(t.into_primitive())).collect()
+    });
+    let outputs = [vec![groups, n], vec![groups, n_kept], vec![groups, d + 1], vec![groups, rs]]
+        .into_iter()
+        .map(|s| (Kind::Int, s, int_dtype))
+        .collect();
+    let scores = scores.into_primitive().tensor();
+    let outs = register::<B>("dit_attention::merge_match", vec![(Kind::Float, scores)], outputs, run);
+    let mut t = outs.into_iter().map(Tensor::<Fusion<B>, 2, Int>::from_primitive);
+    let (slot_of_token, kept_token) = (t.next().expect("4"), t.next().expect("4"));
+    let members = Some((t.next().expect("4"), t.next().expect("4")));
+    MergeIndices { slot_of_token, kept_token, members }
+}
+
+/// A float kernel over `x` and the indices: segment sums or the unmerge gather.
+fn merge_data<B: FusionBackend + SparseAttentionBackend>(
+    name: &'static str,
+    x: Tensor<Fusion<B>, 4>,
+    indices: &MergeIndices<Fusion<B>>,
+    layout: &MergeLayout,
+    out_shape: [usize; 4],
+    sum: bool,
+) -> Tensor<Fusion<B>, 4> {
+    let dtype = x.dtype();
+    let shared = Arc::new(layout.clone());
+    let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
+        let mut ins = ins.into_iter();
+        let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(float::<B>(ins.next().expect("x"))));
+        let idx = inner_indices::<B>(ins.map(int::<B>).collect());
+        let out = if sum { B::merge_segment_sum(x, &idx, &shared) } else { B::merge_gather(x, &idx, &shared) };
+        vec![Prim::Float(out.into_primitive().tensor())]
+    });
+    let mut inputs = vec![(Kind::Float, x.into_primitive().tensor())];
+    inputs.extend(index_operands::<B>(indices));
+    let out = register::<B>(name, inputs, vec![(Kind::Float, out_shape.to_vec(), dtype)], run);
+    Tensor::from_primitive(TensorPrimitive::Float(out.into_iter().next().expect("one output")))
+}
+
+pub(super) fn merge_segment_sum<B: FusionBackend + SparseAttentionBackend>(
+    x: Tensor<Fusion<B>, 4>,
+    indices: &MergeIndices<Fusion<B>>,
+    layout: &MergeLayout,
+) -> Tensor<Fusion<B>, 4> {
+    if indices.members.is_none() {
+        return segment_sum_reference(x, indices, layout);
+    }
+    let [g, reps, _, c] = x.dims();
+    merge_data("dit_attention::merge_segment_sum", x, indices, layout, [g, reps, layout.n_kept(), c], true)
+}
+
+pub(super) fn merge_gather<B: FusionBackend + SparseAttentionBackend>(
+    y: Tensor<Fusion<B>, 4>,
+    indices: &MergeIndices<Fusion<B>>,
+    layout: &MergeLayout,
+) -> Tensor<Fusion<B>, 4> {
+    if indices.members.is_none() {
+        return gather_reference(y, indices, layout);
+    }
+    let [g, reps, _, c] = y.dims();
+    merge_data("dit_attention::merge_gather", y, indices, layout, [g, reps, layout.n, c], false)
 }

@@ -10,7 +10,7 @@ mod cube;
 #[cfg(feature = "cube")]
 mod fusion;
 
-pub use backend::{SparseAttentionBackend, reference_forward};
+pub use backend::{MergeIndices, SparseAttentionBackend, reference_forward};
 pub(crate) use backend::{unwrap, wrap};
 
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod merge;
 pub mod strategies;
 
 use burn::tensor::{Tensor, TensorCreationOptions, TensorData, backend::Backend};

@@ -392,13 +392,14 @@ pub fn block_sparse_forward_mma<F: Float>(
                 s[jp * 4 + 3] = c1[1usize];
             }
 
-            // Masks (and bias), then the tile's row maxima over the quad. Without bias or partial
-            // blocks the scores stay unscaled (the scale, positive, is folded into the
-            // exponent) and only a block's last, ragged tile is masked: a uniform branch.
+            // Masks (and bias), then the tile's row maxima over the quad. Without partial blocks
+            // the scores stay unscaled (the scale, positive, is folded into the exponent; a bias
+            // enters as bias / scale, one load per key for both rows) and only a block's last,
+            // ragged tile is masked: a uniform branch.
             let tail = kt + MMA_TILE_K > block_end;
             let mut tmax_a = f32::new(NEG_BIG);
             let mut tmax_b = f32::new(NEG_BIG);
-            if comptime![has_bias || config.partial] {
+            if comptime![config.partial] {
                 #[unroll]
                 for j in 0..MMA_TILE_K / 8 {
                     #[unroll]
@@ -433,6 +434,25 @@ pub fn block_sparse_forward_mma<F: Float>(
                     }
                 }
             } else {
+                if comptime![has_bias] {
+                    let inv_scale = 1.0f32 / scale;
+                    #[unroll]
+                    for j in 0..MMA_TILE_K / 8 {
+                        let mut xa = s[j * 2];
+                        let mut xb = s[j * 2 + 1];
+                        #[unroll]
+                        for el in 0..2usize {
+                            // Clamped: a ragged tail's extra keys are masked just below.
+                            let key = tile_row(kt, block_end, j * 8 + t * 2 + el);
+                            let bv =
+                                f32::cast_from(bias[bias_base + input_row(&map, key, config.gathered)]) * inv_scale;
+                            xa[el] = xa[el] + bv;
+                            xb[el] = xb[el] + bv;
+                        }
+                        s[j * 2] = xa;
+                        s[j * 2 + 1] = xb;
+                    }
+                }
                 if tail {
                     #[unroll]
                     for j in 0..MMA_TILE_K / 8 {
@@ -463,7 +483,7 @@ pub fn block_sparse_forward_mma<F: Float>(
             tmax_b = f32::max(tmax_b, plane_shuffle_xor(tmax_b, 2u32));
             // `sc` turns what `s` holds into scaled scores; `m_*` are scaled maxima.
             let mut sc = 1.0f32;
-            if comptime![!(has_bias || config.partial)] {
+            if comptime![!config.partial] {
                 sc = scale;
             }
             let new_a = f32::max(m_a, tmax_a * sc);
