@@ -178,3 +178,36 @@ if merge:
               f"{cudnn_merged:.3f} | {e['pairs_fraction']:.3f} | {'yes' if e['plan_mismatches'] == 0 else 'NO'} | "
               f"{e['rel_diff_vs_dense']:.4f} |")
         del kv
+
+# Smart attention (examples/smart_device.rs, CogVideoX shapes): ours against our dense and torch
+# SDPA (cuDNN, dense) on random inputs of the same shape, timed here.
+try:
+    smart = json.load(open(f"{root}/smart.json"))
+except FileNotFoundError:
+    smart = None
+if smart:
+    print("\nsmart attention (profiling on 64 sampled rows + spatial/temporal bands), bf16:")
+    print("| shape | band | density | whole call ms | x our dense | x cuDNN dense | profiling ms (% of call) | "
+          "all spatial ms | all temporal ms | Flex same band ms | spatial heads | target ms (1.15 density dense + profiling) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in smart["shapes"]:
+        q = torch.randn(s["batch"], s["heads"], s["n"], s["d"], device="cuda", dtype=dtype)
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            cudnn = bench(lambda: sdpa(q, q, q))
+        print(f"| {s['shape']} | dense (ours) | 1.000 | {s['dense_ms']:.3f} | 1.00 | {cudnn / s['dense_ms']:.2f} | | | | | | |")
+        for e in s["entries"]:
+            # FlexAttention over the same band in natural order (what Sparse VideoGen runs; its
+            # temporal heads run the same mask on permuted inputs).
+            text, group, width, sink = s["text"], s["group"], e["width"], e["sink"]
+
+            def band(b, h, qi, ki):
+                gq, gk = (qi - text) // group, (ki - text) // group
+                video = (qi >= text) & (ki >= text)
+                return ~video | ((gq - gk).abs() <= width) | ((gk == 0) & sink)
+            mask = create_block_mask(band, None, None, s["n"], s["n"], device="cuda", _compile=True)
+            flex_ms = bench(lambda: flex(q, q, q, block_mask=mask))
+            print(f"| {s['shape']} | {e['band']} | {e['density']:.3f} | {e['call_ms']:.3f} | "
+                  f"{s['dense_ms'] / e['call_ms']:.2f} | {cudnn / e['call_ms']:.2f} | "
+                  f"{e['profile_ms']:.3f} ({100 * e['profile_ms'] / e['call_ms']:.1f}%) | {e['spatial_ms']:.3f} | "
+                  f"{e['temporal_ms']:.3f} | {flex_ms:.3f} | {e['spatial_heads']} / {e['heads']} | {e['target_ms']:.3f} |")
+        del q

@@ -4,7 +4,8 @@
 #   scripts/device_run.sh tests   # the CUDA test suite (SKIP=autodiff skips the slow gradient test)
 #   scripts/device_run.sh bench   # every benchmark shape (SHAPES=hunyuan,... to choose): ours, then
 #                                 # torch on the same inputs; one table per shape and the ratios;
-#                                 # token merging at the CogVideoX-2B shape when cogvideox-2b is run
+#                                 # token merging at the CogVideoX-2B shape when cogvideox-2b is run;
+#                                 # smart attention at both CogVideoX shapes when smart_device is there
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/dit-out}
@@ -23,6 +24,10 @@ case "${1:-all}" in
     if [ -x ./.device/merge_device ] && [[ ",${SHAPES:-cogvideox-2b}," == *",cogvideox-2b,"* ]]; then
       ./.device/merge_device --out "$data" --runs "${RUNS:-10}" 2>&1 | tee "$out/merge.log"
       cp "$data/merge.json" "$out/merge.json"
+    fi
+    if [ -x ./.device/smart_device ]; then
+      ./.device/smart_device --out "$data" --runs "${RUNS:-10}" 2>&1 | tee "$out/smart.log"
+      cp "$data/smart.json" "$out/smart.json"
     fi
     cp "$data/meta.json" "$out/meta.json"
     python3 scripts/bench_vs_torch.py "$data" 2>&1 | tee "$out/torch.log"

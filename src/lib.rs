@@ -1,8 +1,8 @@
 //! # dit-attention
 //!
 //! Fast sparse attention for video diffusion transformers on [burn]: Sliding Tile Attention,
-//! neighbourhood-style local patterns and token merging (ToMe in 3D), and (in later releases) smart
-//! attention, all on one block-sparse flash-attention engine.
+//! neighbourhood-style local patterns and token merging (ToMe in 3D) and smart attention (Sparse
+//! VideoGen), all on one block-sparse flash-attention engine.
 //!
 //! - [`attention`]: the public API: `dense_attention`, `block_sparse_attention`,
 //!   `sliding_tile_attention`, their modules and the swappable [`VideoAttentionConfig`], on every
@@ -10,6 +10,8 @@
 //!   the references elsewhere, `Autodiff` over either);
 //! - [`merge`]: token merging: destinations, matching, `merge` / `unmerge`, proportional
 //!   attention, [`TokenMergeAttention`];
+//! - [`smart`]: smart attention (Sparse VideoGen): spatial or temporal band per head, profiled
+//!   online, [`SmartAttention`];
 //! - [`plan`]: the kernel contract (counts and key-block indices per query block);
 //! - [`canvas`]: canvases `T x H x W`, tiles, text placement, token orders;
 //! - [`permutation`]: the exact natural <-> tile-major permutation (ragged canvases included), as
@@ -54,11 +56,13 @@ pub mod merge;
 pub mod permutation;
 pub mod plan;
 pub mod reference;
+mod rng;
+pub mod smart;
 
 pub use attention::{
-    BlockSparseAttention, BlockSparseAttentionConfig, DenseAttention, DenseAttentionConfig, SlidingTileAttention,
-    SlidingTileAttentionConfig, VideoAttention, VideoAttentionConfig, attention_with_plan, block_sparse_attention,
-    dense_attention, sliding_tile_attention,
+    BlockSparseAttention, BlockSparseAttentionConfig, CallPosition, DenseAttention, DenseAttentionConfig,
+    SlidingTileAttention, SlidingTileAttentionConfig, VideoAttention, VideoAttentionConfig, attention_with_plan,
+    block_sparse_attention, dense_attention, sliding_tile_attention,
 };
 pub use canvas::{Canvas, TextPlacement, TextSpec, TileShape, Tiling, Token, TokenOrder, VideoLayout};
 pub use error::{DitAttentionError, Result};
@@ -68,3 +72,4 @@ pub use merge::{MergeAmount, MergeMode, MergePlan, MergeState, TokenMergeAttenti
 pub use permutation::{TokenPermutation, to_natural, to_tile_major};
 pub use plan::KernelPlan;
 pub use reference::{AttentionOptions, AttentionOutput, SCALE_RANGE};
+pub use smart::{BandSpec, HeadClass, SmartAttention, SmartAttentionConfig, SmartOutput};

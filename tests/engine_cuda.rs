@@ -24,3 +24,10 @@ gpu_merge_suite!(
     CudaDevice::default(),
     [DType::F16, DType::BF16].into_iter().filter(|&t| supported(t)).collect()
 );
+
+gpu_smart_suite!(
+    burn::backend::Cuda<f32, i32>,
+    CubeBackend<CudaRuntime, f32, i32, u8>,
+    CudaDevice::default(),
+    [DType::F16, DType::BF16].into_iter().filter(|&t| supported(t)).collect()
+);

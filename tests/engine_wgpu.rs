@@ -16,3 +16,6 @@ fn supported(dtype: DType) -> bool {
 }
 
 gpu_engine_suite!(burn::backend::Wgpu<f32, i32, u32>, CubeBackend<WgpuRuntime, f32, i32, u32>, WgpuDevice::default(), supported, "portable CubeCL kernel");
+
+// Lavapipe has no bf16 and the f16 path is the portable one there: f32 only.
+gpu_smart_suite!(burn::backend::Wgpu<f32, i32, u32>, CubeBackend<WgpuRuntime, f32, i32, u32>, WgpuDevice::default(), vec![]);

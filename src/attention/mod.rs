@@ -15,4 +15,4 @@ pub use block_sparse::{BlockSparseAttention, BlockSparseAttentionConfig};
 pub use dense::{DenseAttention, DenseAttentionConfig};
 pub use functional::{attention_with_plan, block_sparse_attention, dense_attention};
 pub use sta::{SlidingTileAttention, SlidingTileAttentionConfig, sliding_tile_attention};
-pub use video::{VideoAttention, VideoAttentionConfig};
+pub use video::{CallPosition, VideoAttention, VideoAttentionConfig};

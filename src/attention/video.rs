@@ -12,6 +12,23 @@ use crate::error::DitAttentionError;
 use crate::glue::SparseAttentionBackend;
 use crate::merge::{MergeState, TokenMergeAttention, TokenMergeAttentionConfig};
 use crate::reference::AttentionOutput;
+use crate::smart::{SmartAttention, SmartAttentionConfig};
+
+/// Where a call sits in a denoising run: variants with a warm-up or per-call sampling read it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CallPosition {
+    /// Transformer layer (block) index.
+    pub layer: usize,
+    /// Denoising step index.
+    pub step: usize,
+}
+
+impl CallPosition {
+    /// Layer `layer` at denoising step `step`.
+    pub fn new(layer: usize, step: usize) -> Self {
+        Self { layer, step }
+    }
+}
 
 /// Which attention a video DiT uses.
 #[derive(Config, Debug, PartialEq)]
@@ -25,6 +42,8 @@ pub enum VideoAttentionConfig {
     BlockSparse(BlockSparseAttentionConfig),
     /// Token merging (keys/values, or full with the output unmerged).
     TokenMerge(TokenMergeAttentionConfig),
+    /// Smart attention: spatial or temporal band per head, profiled online.
+    Smart(SmartAttentionConfig),
 }
 
 impl VideoAttentionConfig {
@@ -35,6 +54,7 @@ impl VideoAttentionConfig {
             VideoAttentionConfig::SlidingTile(c) => VideoAttention::SlidingTile(c.init()?),
             VideoAttentionConfig::BlockSparse(c) => VideoAttention::BlockSparse(c.init()?),
             VideoAttentionConfig::TokenMerge(c) => VideoAttention::TokenMerge(c.init()?),
+            VideoAttentionConfig::Smart(c) => VideoAttention::Smart(c.init()?),
         })
     }
 }
@@ -51,6 +71,8 @@ pub enum VideoAttention {
     BlockSparse(BlockSparseAttention),
     /// Token merging.
     TokenMerge(TokenMergeAttention),
+    /// Smart attention.
+    Smart(SmartAttention),
 }
 
 impl VideoAttention {
@@ -69,8 +91,9 @@ impl VideoAttention {
     }
 
     /// Output and LSE, with an optional per-key bias (token merging takes none: its keys are
-    /// merged, and it adds its own `log(size)` bias). Token merging matches on every call here;
-    /// use [`TokenMergeAttention::forward_with_state`] to reuse a matching.
+    /// merged, and it adds its own `log(size)` bias), for a call outside any schedule (no
+    /// warm-up). Token merging matches on every call here; use
+    /// [`TokenMergeAttention::forward_with_state`] to reuse a matching.
     ///
     /// # Shapes
     /// - q, k `[b, h, n, d]`, v `[b, h, n, dv]`, bias `[b or 1, h or 1, n]`
@@ -82,7 +105,28 @@ impl VideoAttention {
         v: Tensor<B, 4>,
         bias: Option<Tensor<B, 3>>,
     ) -> crate::Result<AttentionOutput<B>> {
+        self.forward_at(q, k, v, bias, None)
+    }
+
+    /// [`forward_with`](Self::forward_with) for a call at `position` (layer, denoising step):
+    /// smart attention runs dense in its warm-up and samples its rows per position.
+    ///
+    /// # Shapes
+    /// - q, k `[b, h, n, d]`, v `[b, h, n, dv]`, bias `[b or 1, h or 1, n]`
+    /// - output `[b, h, n, dv]`, lse `[b, h, n]`
+    pub fn forward_at<B: SparseAttentionBackend>(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        bias: Option<Tensor<B, 3>>,
+        position: Option<CallPosition>,
+    ) -> crate::Result<AttentionOutput<B>> {
         match self {
+            VideoAttention::Smart(m) => {
+                let out = m.forward_at(q, k, v, bias, position)?;
+                Ok(AttentionOutput { output: out.output, lse: out.lse })
+            }
             VideoAttention::Dense(m) => m.forward_with(q, k, v, bias),
             VideoAttention::SlidingTile(m) => m.forward_with(q, k, v, bias),
             VideoAttention::BlockSparse(m) => m.forward_with(q, k, v, bias),

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::canvas::{Canvas, TextPlacement, TextSpec};
 use crate::error::{DIM_NAMES, DitAttentionError, Result};
+use crate::rng::SplitMix;
 
 /// "No value" in the kernel tables.
 pub(crate) const NONE: u32 = u32::MAX;
@@ -93,26 +94,6 @@ impl Destinations {
             if d { dst.push(i as u32) } else { src.push(i as u32) }
         }
         Ok(Self { dst, src })
-    }
-}
-
-/// splitmix64, the seeded generator of the destination draw.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-40 for any box here).
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next() as u128 * n as u128) >> 64) as usize
     }
 }
 

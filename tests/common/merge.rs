@@ -21,8 +21,8 @@ pub struct MergeCase {
     pub batch: usize,
     pub heads: usize,
     pub channels: usize,
-    /// Metric rows from a few axis vectors with integer scales: cosines are exactly 0 or 1 in
-    /// any precision, so ties abound (and are decided the same way everywhere).
+    /// Metric rows from a few unit axis vectors: cosines are exactly 0 or 1 in any precision, so
+    /// ties abound (and are decided the same way everywhere).
     pub ties: bool,
     /// Share of the sources that merge.
     pub r_share: f64,
@@ -77,11 +77,13 @@ impl MergeCase {
         if !self.ties {
             return rng.normals(rows * self.channels);
         }
+        // Unit axis vectors: their normalisation is exact even where a device divides or takes
+        // square roots approximately (CUDA), so every cosine is exactly 0 or 1.
         let axes = self.channels.min(3);
         let mut v = vec![0.0; rows * self.channels];
         for row in 0..rows {
             let axis = (rng.next_u64() % axes as u64) as usize;
-            v[row * self.channels + axis] = 1.0 + (rng.next_u64() % 4) as f64;
+            v[row * self.channels + axis] = 1.0;
         }
         v
     }
@@ -343,28 +345,34 @@ macro_rules! gpu_merge_suite {
             proptest! {
                 #![proptest_config(cases(8))]
 
+                // Decisions against f64 oracles need exact cosines: a device matmul may run in
+                // TF32 (CUDA), which flips near-ties of random metrics. Random metrics are
+                // checked on the device's own scores above.
                 #[test]
                 fn fused_kernels_match_the_brute_force(case in merge_case()) {
+                    let case = MergeCase { ties: true, ..case };
                     check_plan::<Fused>(&case, &gpu(), 1e-5)?;
                     check_against::<Fused, B64>(&case, &gpu(), &cpu(), 1e-5)?;
                 }
 
                 #[test]
                 fn unfused_kernels_match_the_brute_force(case in merge_case()) {
+                    let case = MergeCase { ties: true, ..case };
                     check_plan::<Cube>(&case, &gpu(), 1e-5)?;
                     check_against::<Cube, B64>(&case, &gpu(), &cpu(), 1e-5)?;
                 }
             }
 
-            /// Larger canvases: several chunks of sources and destinations in the plan kernel, ties and
-            /// random metrics, r from 1 to every source; the kernels run (not the reference fallback).
+            /// Larger canvases: several chunks of sources and destinations in the plan kernel, r
+            /// from 1 to every source; the kernels run (not the reference fallback).
             #[test]
             fn kernels_on_multi_chunk_plans() {
+                // Tie-heavy metrics only: exact cosines in any matmul precision (see above).
                 for (ties, r_share, text) in [
                     (true, 0.5, TextSpec::before(5)),
-                    (false, 0.3, TextSpec::after(7)),
+                    (true, 0.3, TextSpec::after(7)),
                     (true, 1.0, TextSpec::none()),
-                    (false, 1e-3, TextSpec::before(1)),
+                    (true, 1e-3, TextSpec::before(1)),
                 ] {
                     let case = MergeCase {
                         canvas: Canvas::new(9, 12, 16).unwrap(),

@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod merge;
+pub mod smart;
 pub mod strategies;
 
 use burn::tensor::{Tensor, TensorCreationOptions, TensorData, backend::Backend};

@@ -1,0 +1,113 @@
+//! Online profiling of smart attention: sampled query rows, their exact output, and the error of
+//! the spatial and the temporal mask against it, per (batch, head).
+
+use burn::tensor::{DType, Tensor, TensorData};
+
+use super::band::{Band, HeadClass};
+use crate::canvas::{Token, TokenOrder, VideoLayout};
+use crate::glue::{index_tensor, to_f64_vec};
+use crate::rng::SplitMix;
+
+/// `samples` distinct video positions of the sequence (natural order), ascending, drawn
+/// uniformly from the seed (Floyd's algorithm: no per-token table).
+pub(crate) fn sample_rows(layout: &VideoLayout, samples: usize, seed: u64) -> Vec<usize> {
+    let n = layout.video_len();
+    let mut rng = SplitMix::new(seed);
+    let mut picked = std::collections::BTreeSet::new();
+    for j in n - samples..n {
+        let t = rng.below(j + 1);
+        if !picked.insert(t) {
+            picked.insert(j);
+        }
+    }
+    picked.into_iter().map(|i| layout.video_range().start + i).collect()
+}
+
+/// The per-call seed: the config's seed mixed with the call's layer and step, so calls draw
+/// different rows and the same call always draws the same ones.
+pub(crate) fn call_seed(seed: u64, layer: usize, step: usize) -> u64 {
+    seed ^ SplitMix::new(((layer as u64) << 32) ^ step as u64).next()
+}
+
+/// Per key position: its group under `class` (`-1` for text), and whether it is always
+/// visible (text, and group 0 with the sink), as `[1, n]` rows for a device-side mask.
+fn key_tables(layout: &VideoLayout, band: &Band, class: HeadClass) -> (Vec<f32>, Vec<f32>) {
+    let n = layout.seq_len();
+    let (mut group, mut always) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for p in 0..n {
+        match layout.token_at(p, TokenOrder::Natural) {
+            Token::Video(c) => {
+                let g = band.group_of(class, c);
+                group.push(g as f32);
+                always.push(f32::from(band.sink && g == 0));
+            }
+            Token::Text(_) => {
+                group.push(-1.0);
+                always.push(1.0);
+            }
+        }
+    }
+    (group, always)
+}
+
+/// Mean squared error of the spatial and of the temporal output of the sampled rows against
+/// their exact output, per (batch, head), row-major `[b * h]`.
+///
+/// The scores of the sampled rows are computed once; `p = exp(scores - rowmax)` (f32) serves the
+/// exact output and both masked ones (a 0/1 mask built on the device from per-key group ids):
+/// `out = (p * mask) v / sum(p * mask)`. Every mask keeps the query's own group, so a masked
+/// sum is zero only if all its scores underflow far below the row's maximum (then clamped).
+/// Half-precision scores and `p v` run in the input dtype (burn matmuls accumulate in f32):
+/// enough to rank two errors that differ by orders of magnitude.
+///
+/// # Shapes
+/// - q, k `[b, h, n, d]`, v `[b, h, n, dv]` (natural order), bias `[b or 1, h or 1, n]`
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn profile<B: burn::tensor::backend::Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    bias: Option<&Tensor<B, 3>>,
+    layout: &VideoLayout,
+    band: &Band,
+    rows: &[usize],
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let [b, h, n, _] = q.dims();
+    let device = q.device();
+    let s = rows.len();
+    let dtype = q.dtype();
+    // Accumulations in f32 at least (f64 stays f64).
+    let wide = match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    };
+    let row = |v: Vec<f32>, shape: [usize; 2]| Tensor::<B, 2>::from_data(TensorData::new(v, shape), (&device, wide));
+    let qs = q.clone().select(2, index_tensor::<B>(rows.iter().copied(), &device));
+    let mut scores = qs.matmul(k.clone().swap_dims(2, 3)).mul_scalar(scale).cast(wide);
+    if let Some(bias) = bias {
+        scores = scores + bias.clone().cast(wide).unsqueeze_dim::<4>(2);
+    }
+    let max = scores.clone().max_dim(3);
+    let p = (scores - max).exp();
+    let out = |p: Tensor<B, 4>| {
+        let den = p.clone().sum_dim(3).clamp_min(1e-30);
+        p.cast(v.dtype()).matmul(v.clone()).cast(wide) / den
+    };
+    let exact = out(p.clone());
+    let mse = |class| {
+        let (group, always) = key_tables(layout, band, class);
+        let row_groups: Vec<f32> = group_rows(&group, rows);
+        let near = (row(row_groups, [s, 1]) - row(group, [1, n])).abs().lower_equal_elem(band.width as f64 + 0.5);
+        let mask = (near.float().cast(wide) + row(always, [1, n])).clamp_max(1.0);
+        let masked = out(p.clone() * mask.reshape([1, 1, s, n]));
+        (masked - exact.clone()).powi_scalar(2).mean_dim(3).mean_dim(2).reshape([b * h])
+    };
+    // One read back for both classes.
+    let both = to_f64_vec(Tensor::cat(vec![mse(HeadClass::Spatial), mse(HeadClass::Temporal)], 0));
+    (both[..b * h].to_vec(), both[b * h..].to_vec())
+}
+
+fn group_rows(group: &[f32], rows: &[usize]) -> Vec<f32> {
+    rows.iter().map(|&r| group[r]).collect()
+}
