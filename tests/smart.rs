@@ -148,7 +148,7 @@ fn frame_heads_are_spatial_and_position_heads_temporal() {
             batch,
             heads: 2,
             dims: (d, 3),
-            bias: false,
+            bias: None,
             data_seed: 0,
         };
         let brute = brute_smart(&case, &[q, k, v, vec![]], &module.sampled_rows(None), 1.0 / (d as f64).sqrt());
@@ -201,7 +201,7 @@ fn smart_variant_swaps_in_by_config() {
         batch: 1,
         heads: 3,
         dims: (4, 4),
-        bias: false,
+        bias: None,
         data_seed: 5,
     };
     let config = VideoAttentionConfig::Smart(case.config());

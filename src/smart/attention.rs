@@ -22,10 +22,16 @@ pub struct SmartAttentionConfig {
     /// Text tokens before or after the video (default: none); text rows and columns are full.
     #[config(default = "TextSpec::none()")]
     pub text: TextSpec,
-    /// Band width in frames on each side, or a target density (default: 1 frame each side).
+    /// Band width in groups (frames) on each side, or a target density (default: 1 each side).
+    /// A canvas of one frame (images, 1D) needs width 0, which is dense attention. With width 0
+    /// a temporal query sees its own group only, which may cut its own spatial position's
+    /// frames at a group boundary when `H * W` is not a multiple of `T`; width >= 1 always
+    /// covers them when `T <= H * W`.
     #[config(default = "BandSpec::Width(1)")]
     pub band: BandSpec,
-    /// Every query also sees group 0 (frame 0 for spatial heads), the attention sink (default: on).
+    /// Every video query also sees group 0 of its head's layout, the attention sink: frame 0 for
+    /// spatial heads, the first `H * W` tokens of the token-major order for temporal heads (the
+    /// same mask read in the other layout, as Sparse VideoGen does) (default: on).
     #[config(default = true)]
     pub sink: bool,
     /// Query rows sampled per call for the profiling, shared by every (batch, head) (default: 64).
@@ -174,8 +180,13 @@ impl SmartAttention {
         let scale = AttentionOptions { scale: self.config.scale }.scale_for(q.dims()[3]);
         let rows = self.sampled_rows(position);
         let (es, et) = profile(q, k, v, bias, &p.layout, &p.band, &rows, scale);
-        let heads =
-            es.iter().zip(&et).map(|(s, t)| if s < t { HeadClass::Spatial } else { HeadClass::Temporal }).collect();
+        // Ties go to temporal; a NaN error (e.g. an infinite bias) loses to a number.
+        let spatial = |s: f64, t: f64| s < t || (t.is_nan() && !s.is_nan());
+        let heads = es
+            .iter()
+            .zip(&et)
+            .map(|(&s, &t)| if spatial(s, t) { HeadClass::Spatial } else { HeadClass::Temporal })
+            .collect();
         (heads, es.iter().zip(&et).map(|(&s, &t)| [s, t]).collect())
     }
 

@@ -57,8 +57,9 @@ fn key_tables(layout: &VideoLayout, band: &Band, class: HeadClass) -> (Vec<f32>,
 /// exact output and both masked ones (a 0/1 mask built on the device from per-key group ids):
 /// `out = (p * mask) v / sum(p * mask)`. Every mask keeps the query's own group, so a masked
 /// sum is zero only if all its scores underflow far below the row's maximum (then clamped).
-/// Half-precision scores and `p v` run in the input dtype (burn matmuls accumulate in f32):
-/// enough to rank two errors that differ by orders of magnitude.
+/// Half-precision scores and `p v` run in the input dtype (burn matmuls accumulate in f32), on
+/// scaled queries and normalised rows: enough to rank two errors that differ by orders of
+/// magnitude.
 ///
 /// # Shapes
 /// - q, k `[b, h, n, d]`, v `[b, h, n, dv]` (natural order), bias `[b or 1, h or 1, n]`
@@ -83,16 +84,19 @@ pub(crate) fn profile<B: burn::tensor::backend::Backend>(
         other => other,
     };
     let row = |v: Vec<f32>, shape: [usize; 2]| Tensor::<B, 2>::from_data(TensorData::new(v, shape), (&device, wide));
-    let qs = q.clone().select(2, index_tensor::<B>(rows.iter().copied(), &device));
-    let mut scores = qs.matmul(k.clone().swap_dims(2, 3)).mul_scalar(scale).cast(wide);
+    // Scaled before the matmul: half-precision scores stay in range.
+    let qs = q.clone().select(2, index_tensor::<B>(rows.iter().copied(), &device)).mul_scalar(scale);
+    let mut scores = qs.matmul(k.clone().swap_dims(2, 3)).cast(wide);
     if let Some(bias) = bias {
         scores = scores + bias.clone().cast(wide).unsqueeze_dim::<4>(2);
     }
-    let max = scores.clone().max_dim(3);
+    // A finite floor: a row whose keys a bias masks out entirely gives zeros, not NaN.
+    let max = scores.clone().max_dim(3).clamp_min(-1e30);
     let p = (scores - max).exp();
+    // Rows normalised before the matmul: `p v` stays within the values' range in half precision.
     let out = |p: Tensor<B, 4>| {
         let den = p.clone().sum_dim(3).clamp_min(1e-30);
-        p.cast(v.dtype()).matmul(v.clone()).cast(wide) / den
+        (p / den).cast(v.dtype()).matmul(v.clone()).cast(wide)
     };
     let exact = out(p.clone());
     let mse = |class| {

@@ -24,8 +24,8 @@ pub struct SmartCase {
     pub batch: usize,
     pub heads: usize,
     pub dims: (usize, usize),
-    /// A random per-key bias `[b, h, n]`.
-    pub bias: bool,
+    /// A random per-key bias `[b or 1, h or 1, n]`: `Some([per batch, per head])`.
+    pub bias: Option<[bool; 2]>,
     pub data_seed: u64,
 }
 
@@ -44,7 +44,7 @@ pub fn smart_case() -> impl Strategy<Value = SmartCase> {
                 1..=video.min(8),
                 2usize..=8,
                 2usize..=6,
-                any::<bool>(),
+                any::<Option<[bool; 2]>>(),
             )
         })
         .prop_map(|((c, text, sink, seed, batch, heads, data_seed), width, samples, d, dv, bias)| SmartCase {
@@ -97,11 +97,22 @@ impl SmartCase {
         let (q, qv) = make(d);
         let (k, kv) = make(d);
         let (v, vv) = make(dv);
-        let (bias, bv) = if self.bias {
-            let (t, bv) = make(1);
-            (Some(t.reshape([b, h, n])), bv)
-        } else {
-            (None, vec![])
+        // The bias in its broadcast shape; the brute force gets it expanded to `[b, h, n]`.
+        let (bias, bv) = match self.bias {
+            Some([per_batch, per_head]) => {
+                let (bb, hb) = (if per_batch { b } else { 1 }, if per_head { h } else { 1 });
+                let small = rng.normals(bb * hb * n);
+                let t = Tensor::<B, 3>::from_data(TensorData::new(small.clone(), [bb, hb, n]), fopts::<B>(device));
+                let mut full = Vec::with_capacity(b * h * n);
+                for bi in 0..b {
+                    for hi in 0..h {
+                        let row = (bi % bb) * hb + hi % hb;
+                        full.extend_from_slice(&small[row * n..(row + 1) * n]);
+                    }
+                }
+                (Some(t), full)
+            }
+            None => (None, vec![]),
         };
         SmartInputs { q, k, v, bias, values: [qv, kv, vv, bv] }
     }
@@ -377,7 +388,7 @@ macro_rules! gpu_smart_suite {
                     batch,
                     heads: 2,
                     dims: (d, 3),
-                    bias: false,
+                    bias: None,
                     data_seed: 0,
                 };
                 let brute = brute_smart(
