@@ -1,12 +1,14 @@
 //! Smart attention as a module: profile each (batch, head) on sampled rows, then run spatial
 //! heads over the frame band and temporal heads over the same band in token-major order.
 
+use std::sync::Arc;
+
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Tensor;
 
 use super::band::{Band, BandSpec, HeadClass};
-use super::profile::{call_seed, profile, sample_rows};
+use super::profile::{KeyTables, call_seed, profile, sample_rows};
 use crate::attention::{CallPosition, attention_with_plan, dense_attention};
 use crate::canvas::{Canvas, TextSpec, VideoLayout};
 use crate::error::DitAttentionError;
@@ -72,7 +74,8 @@ impl SmartAttentionConfig {
         } else {
             Some([band.plan(HeadClass::Spatial, self.text)?, band.plan(HeadClass::Temporal, self.text)?])
         };
-        Ok(SmartAttention { config: self.clone(), prepared: Prepared { layout, band, plans } })
+        let keys = Arc::new(KeyTables::new(&layout, &band));
+        Ok(SmartAttention { config: self.clone(), prepared: Prepared { layout, band, plans, keys } })
     }
 }
 
@@ -82,6 +85,8 @@ struct Prepared {
     band: Band,
     /// Spatial and temporal plans; `None` when the band covers every frame.
     plans: Option<[KernelPlan; 2]>,
+    /// Per-key group tables of the profiling's masks.
+    keys: Arc<KeyTables>,
 }
 
 /// What one smart-attention call computed, and what it decided.
@@ -179,7 +184,7 @@ impl SmartAttention {
         let p = &self.prepared;
         let scale = AttentionOptions { scale: self.config.scale }.scale_for(q.dims()[3]);
         let rows = self.sampled_rows(position);
-        let (es, et) = profile(q, k, v, bias, &p.layout, &p.band, &rows, scale);
+        let (es, et) = profile(q, k, v, bias, &p.keys, p.band.width, &rows, scale);
         // Ties go to temporal; a NaN error (e.g. an infinite bias) loses to a number.
         let spatial = |s: f64, t: f64| s < t || (t.is_nan() && !s.is_nan());
         let heads = es

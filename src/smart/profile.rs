@@ -29,25 +29,39 @@ pub(crate) fn call_seed(seed: u64, layer: usize, step: usize) -> u64 {
     seed ^ SplitMix::new(((layer as u64) << 32) ^ step as u64).next()
 }
 
-/// Per key position: its group under `class` (`-1` for text), and whether it is always
-/// visible (text, and group 0 with the sink), as `[1, n]` rows for a device-side mask.
-fn key_tables(layout: &VideoLayout, band: &Band, class: HeadClass) -> (Vec<f32>, Vec<f32>) {
-    let n = layout.seq_len();
-    let (mut group, mut always) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for p in 0..n {
-        match layout.token_at(p, TokenOrder::Natural) {
-            Token::Video(c) => {
-                let g = band.group_of(class, c);
-                group.push(g as f32);
-                always.push(f32::from(band.sink && g == 0));
+/// Per key position and class: its group (`-1` for text), and whether it is always visible
+/// (text, and group 0 with the sink), as `[1, n]` rows for a device-side mask. Built once per
+/// module (they depend only on the layout and the band).
+#[derive(Debug)]
+pub(crate) struct KeyTables {
+    /// Spatial, temporal.
+    group: [Vec<f32>; 2],
+    always: [Vec<f32>; 2],
+}
+
+impl KeyTables {
+    pub(crate) fn new(layout: &VideoLayout, band: &Band) -> Self {
+        let table = |class| {
+            let n = layout.seq_len();
+            let (mut group, mut always) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for p in 0..n {
+                match layout.token_at(p, TokenOrder::Natural) {
+                    Token::Video(c) => {
+                        let g = band.group_of(class, c);
+                        group.push(g as f32);
+                        always.push(f32::from(band.sink && g == 0));
+                    }
+                    Token::Text(_) => {
+                        group.push(-1.0);
+                        always.push(1.0);
+                    }
+                }
             }
-            Token::Text(_) => {
-                group.push(-1.0);
-                always.push(1.0);
-            }
-        }
+            (group, always)
+        };
+        let (spatial, temporal) = (table(HeadClass::Spatial), table(HeadClass::Temporal));
+        Self { group: [spatial.0, temporal.0], always: [spatial.1, temporal.1] }
     }
-    (group, always)
 }
 
 /// Mean squared error of the spatial and of the temporal output of the sampled rows against
@@ -69,8 +83,8 @@ pub(crate) fn profile<B: burn::tensor::backend::Backend>(
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
     bias: Option<&Tensor<B, 3>>,
-    layout: &VideoLayout,
-    band: &Band,
+    keys: &KeyTables,
+    width: usize,
     rows: &[usize],
     scale: f64,
 ) -> (Vec<f64>, Vec<f64>) {
@@ -99,19 +113,16 @@ pub(crate) fn profile<B: burn::tensor::backend::Backend>(
         (p / den).cast(v.dtype()).matmul(v.clone()).cast(wide)
     };
     let exact = out(p.clone());
-    let mse = |class| {
-        let (group, always) = key_tables(layout, band, class);
-        let row_groups: Vec<f32> = group_rows(&group, rows);
-        let near = (row(row_groups, [s, 1]) - row(group, [1, n])).abs().lower_equal_elem(band.width as f64 + 0.5);
-        let mask = (near.float().cast(wide) + row(always, [1, n])).clamp_max(1.0);
+    let mse = |class: HeadClass| {
+        let c = (class == HeadClass::Temporal) as usize;
+        let (group, always) = (&keys.group[c], &keys.always[c]);
+        let row_groups: Vec<f32> = rows.iter().map(|&r| group[r]).collect();
+        let near = (row(row_groups, [s, 1]) - row(group.clone(), [1, n])).abs().lower_equal_elem(width as f64 + 0.5);
+        let mask = (near.float().cast(wide) + row(always.clone(), [1, n])).clamp_max(1.0);
         let masked = out(p.clone() * mask.reshape([1, 1, s, n]));
         (masked - exact.clone()).powi_scalar(2).mean_dim(3).mean_dim(2).reshape([b * h])
     };
     // One read back for both classes.
     let both = to_f64_vec(Tensor::cat(vec![mse(HeadClass::Spatial), mse(HeadClass::Temporal)], 0));
     (both[..b * h].to_vec(), both[b * h..].to_vec())
-}
-
-fn group_rows(group: &[f32], rows: &[usize]) -> Vec<f32> {
-    rows.iter().map(|&r| group[r]).collect()
 }
