@@ -211,3 +211,29 @@ if smart:
                   f"{e['profile_ms']:.3f} ({100 * e['profile_ms'] / e['call_ms']:.1f}%) | {e['spatial_ms']:.3f} | "
                   f"{e['temporal_ms']:.3f} | {flex_ms:.3f} | {e['spatial_heads']} / {e['heads']} | {e['target_ms']:.3f} |")
         del q
+
+# Dynamic block-sparse attention (examples/dynamic_device.rs, CogVideoX shapes): ours against our
+# dense and torch SDPA (cuDNN, dense) on random inputs of the same shape, timed here.
+try:
+    dynamic = json.load(open(f"{root}/dynamic.json"))
+except FileNotFoundError:
+    dynamic = None
+if dynamic:
+    print("\ndynamic block-sparse attention (64-token blocks, 8 sampled tokens per block), bf16:")
+    print("| shape | inputs | thresholds | density | whole call ms | x our dense | x cuDNN dense | "
+          "estimate ms (% of call) | attention ms | target ms (1.15 density dense + estimate) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s in dynamic["shapes"]:
+        q = torch.randn(s["batch"], s["heads"], s["n"], s["d"], device="cuda", dtype=dtype)
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            cudnn = bench(lambda: sdpa(q, q, q))
+        print(f"| {s['shape']} | | dense (ours) | 1.000 | {s['dense_ms']:.3f} | 1.00 | {cudnn / s['dense_ms']:.2f} | | | |")
+        for e in s["entries"]:
+            estimate = "-" if e["estimate_ms"] is None else \
+                f"{e['estimate_ms']:.3f} ({100 * e['estimate_ms'] / e['call_ms']:.1f}%)"
+            attention = "-" if e["attention_ms"] is None else f"{e['attention_ms']:.3f}"
+            pattern = f", {e['pattern_heads']} pattern heads" if "pattern_heads" in e else ""
+            print(f"| {s['shape']} | {e['inputs']} | {e['step']}: tau {e['tau']}, [{e['min_ratio']}, {e['max_ratio']}]"
+                  f"{pattern} | {e['density']:.3f} | {e['call_ms']:.3f} | {s['dense_ms'] / e['call_ms']:.2f} | "
+                  f"{cudnn / e['call_ms']:.2f} | {estimate} | {attention} | {e['target_ms']:.3f} |")
+        del q

@@ -5,7 +5,8 @@
 #   scripts/device_run.sh bench   # every benchmark shape (SHAPES=hunyuan,... to choose): ours, then
 #                                 # torch on the same inputs; one table per shape and the ratios;
 #                                 # token merging at the CogVideoX-2B shape when cogvideox-2b is run;
-#                                 # smart attention at both CogVideoX shapes when smart_device is there
+#                                 # smart and dynamic attention at both CogVideoX shapes when
+#                                 # smart_device / dynamic_device are there
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/dit-out}
@@ -28,6 +29,10 @@ case "${1:-all}" in
     if [ -x ./.device/smart_device ]; then
       ./.device/smart_device --out "$data" --runs "${RUNS:-10}" 2>&1 | tee "$out/smart.log"
       cp "$data/smart.json" "$out/smart.json"
+    fi
+    if [ -x ./.device/dynamic_device ]; then
+      ./.device/dynamic_device --out "$data" --runs "${RUNS:-10}" 2>&1 | tee "$out/dynamic.log"
+      cp "$data/dynamic.json" "$out/dynamic.json"
     fi
     cp "$data/meta.json" "$out/meta.json"
     python3 scripts/bench_vs_torch.py "$data" 2>&1 | tee "$out/torch.log"

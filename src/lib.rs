@@ -12,6 +12,10 @@
 //!   attention, [`TokenMergeAttention`];
 //! - [`smart`]: smart attention (Sparse VideoGen): spatial or temporal band per head, profiled
 //!   online, [`SmartAttention`];
+//! - [`dynamic`]: dynamic block-sparse attention: block masses estimated from sampled tokens,
+//!   the key blocks holding a fraction `tau` of them kept, [`DynamicSparseAttention`];
+//! - [`combined`]: pattern (cross-frame shared) attention and Combined attention, pattern or
+//!   dynamic per head after a dense warm-up, [`CombinedAttention`];
 //! - [`plan`]: the kernel contract (counts and key-block indices per query block);
 //! - [`canvas`]: canvases `T x H x W`, tiles, text placement, token orders;
 //! - [`permutation`]: the exact natural <-> tile-major permutation (ragged canvases included), as
@@ -49,6 +53,8 @@
 
 pub mod attention;
 pub mod canvas;
+pub mod combined;
+pub mod dynamic;
 pub mod error;
 pub mod glue;
 pub mod mask;
@@ -65,6 +71,8 @@ pub use attention::{
     block_sparse_attention, dense_attention, sliding_tile_attention,
 };
 pub use canvas::{Canvas, TextPlacement, TextSpec, TileShape, Tiling, Token, TokenOrder, VideoLayout};
+pub use combined::{CombinedAttention, CombinedAttentionConfig, CombinedOutput, HeadChoice};
+pub use dynamic::{DynamicOutput, DynamicSparseAttention, DynamicSparseAttentionConfig, ThresholdSchedule, Thresholds};
 pub use error::{DitAttentionError, Result};
 pub use glue::SparseAttentionBackend;
 pub use mask::{AttentionMask, BlockKind, BlockMap, BlockPartition, MaskStats, PatternSpec};

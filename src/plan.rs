@@ -69,6 +69,12 @@ impl KernelPlan {
         Self::new(cut(q_len, DENSE_Q_BLOCK), cut(k_len, DENSE_K_BLOCK), 1, PlanBlocks::Dense, scale)
     }
 
+    /// Every query sees every key, the sequence cut at `starts` (queries and keys alike): the
+    /// shape of a block-list call, and its dense fast path.
+    pub(crate) fn dense_blocks(starts: Vec<u32>, scale: f64) -> Self {
+        Self::new(starts.clone(), starts, 1, PlanBlocks::Dense, scale)
+    }
+
     /// Self-attention over a block map (index lists; partial blocks masked in the kernel).
     pub fn from_map(map: Arc<BlockMap>, scale: f64) -> Self {
         let starts: Vec<u32> = map.blocks().starts().iter().map(|&s| s as u32).collect();

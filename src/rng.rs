@@ -1,5 +1,6 @@
 //! The crate's seeded generator (splitmix64): destination draws of token merging, sampled
-//! query rows of smart attention. Small, exact and the same on every platform.
+//! query rows of smart attention, sampled tokens of dynamic block-sparse attention. Small,
+//! exact and the same on every platform.
 
 /// splitmix64.
 pub(crate) struct SplitMix(u64);
@@ -21,4 +22,10 @@ impl SplitMix {
     pub(crate) fn below(&mut self, n: usize) -> usize {
         ((self.next() as u128 * n as u128) >> 64) as usize
     }
+}
+
+/// The per-call seed: a config's seed mixed with the call's layer and step, so calls draw
+/// different samples and the same call always draws the same ones.
+pub(crate) fn call_seed(seed: u64, layer: usize, step: usize) -> u64 {
+    seed ^ SplitMix::new(((layer as u64) << 32) ^ step as u64).next()
 }

@@ -31,3 +31,13 @@ gpu_smart_suite!(
     CudaDevice::default(),
     [DType::F16, DType::BF16].into_iter().filter(|&t| supported(t)).collect()
 );
+
+gpu_dynamic_suite!(
+    burn::backend::Cuda<f32, i32>,
+    CubeBackend<CudaRuntime, f32, i32, u8>,
+    CudaDevice::default(),
+    [DType::F16, DType::BF16].into_iter().filter(|&t| supported(t)).collect(),
+    2e-2
+);
+
+gpu_combined_test!(burn::backend::Cuda<f32, i32>, 1e-2);

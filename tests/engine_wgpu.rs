@@ -19,3 +19,7 @@ gpu_engine_suite!(burn::backend::Wgpu<f32, i32, u32>, CubeBackend<WgpuRuntime, f
 
 // Lavapipe has no bf16 and the f16 path is the portable one there: f32 only.
 gpu_smart_suite!(burn::backend::Wgpu<f32, i32, u32>, CubeBackend<WgpuRuntime, f32, i32, u32>, WgpuDevice::default(), vec![]);
+
+gpu_dynamic_suite!(burn::backend::Wgpu<f32, i32, u32>, CubeBackend<WgpuRuntime, f32, i32, u32>, WgpuDevice::default(), vec![], 1e-4);
+
+gpu_combined_test!(burn::backend::Wgpu<f32, i32, u32>, 1e-4);

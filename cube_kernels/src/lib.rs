@@ -7,6 +7,7 @@
 //! (counts and key-block indices per query block, `dit_attention::KernelPlan`).
 
 pub mod attention;
+pub mod dynamic;
 pub mod merge;
 
 pub use cubecl;

@@ -66,8 +66,8 @@ pub fn attention_with_plan<B: SparseAttentionBackend>(
 ) -> Result<AttentionOutput<B>> {
     check_qkv(&q, &k, &v, bias.as_ref())?;
     crate::reference::check_scale(plan.scale())?;
-    let [_, heads, nq, d] = q.dims();
-    let [_, _, nk, dv] = v.dims();
+    let [_, heads, nq, _] = q.dims();
+    let nk = v.dims()[2];
     if nq != plan.q_len() || nk != plan.k_len() {
         return Err(DitAttentionError::Invalid(format!(
             "the block map is for {} queries x {} keys, the tensors have {nq} x {nk}",
@@ -81,6 +81,23 @@ pub fn attention_with_plan<B: SparseAttentionBackend>(
             plan.map_heads()
         )));
     }
+    check_backend(&q, &k, &v, plan)?;
+    let dtype = q.dtype();
+    let bias = bias.map(|b| unwrap(b.cast(dtype)));
+    let (out, lse) = B::sparse_attention_forward(unwrap(q), unwrap(k), unwrap(v), bias, plan);
+    Ok(AttentionOutput { output: wrap(out), lse: wrap(lse) })
+}
+
+/// Dtypes agree, the backend's path takes them and the head dims, and the kernel's grid takes
+/// the plan's blocks for `b * h` batch-heads.
+pub(crate) fn check_backend<B: SparseAttentionBackend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    plan: &KernelPlan,
+) -> Result<()> {
+    let [b, heads, _, d] = q.dims();
+    let dv = v.dims()[3];
     let dtype = q.dtype();
     for (name, t) in [("key", k.dtype()), ("value", v.dtype())] {
         if t != dtype {
@@ -90,8 +107,5 @@ pub fn attention_with_plan<B: SparseAttentionBackend>(
         }
     }
     B::sparse_attention_support(&q.device(), dtype, d, dv)?;
-    B::sparse_attention_check_plan(&q.device(), plan, q.dims()[0] * heads)?;
-    let bias = bias.map(|b| unwrap(b.cast(dtype)));
-    let (out, lse) = B::sparse_attention_forward(unwrap(q), unwrap(k), unwrap(v), bias, plan);
-    Ok(AttentionOutput { output: wrap(out), lse: wrap(lse) })
+    B::sparse_attention_check_plan(&q.device(), plan, b * heads)
 }

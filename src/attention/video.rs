@@ -8,6 +8,8 @@ use super::block_sparse::{BlockSparseAttention, BlockSparseAttentionConfig};
 use super::dense::{DenseAttention, DenseAttentionConfig};
 use super::sta::{SlidingTileAttention, SlidingTileAttentionConfig};
 
+use crate::combined::{CombinedAttention, CombinedAttentionConfig};
+use crate::dynamic::{DynamicSparseAttention, DynamicSparseAttentionConfig};
 use crate::error::DitAttentionError;
 use crate::glue::SparseAttentionBackend;
 use crate::merge::{MergeState, TokenMergeAttention, TokenMergeAttentionConfig};
@@ -44,6 +46,11 @@ pub enum VideoAttentionConfig {
     TokenMerge(TokenMergeAttentionConfig),
     /// Smart attention: spatial or temporal band per head, profiled online.
     Smart(SmartAttentionConfig),
+    /// Dynamic block-sparse attention: the key blocks holding most of each query block's
+    /// estimated mass.
+    Dynamic(DynamicSparseAttentionConfig),
+    /// Combined attention: dense warm-up, then pattern or dynamic attention per head.
+    Combined(CombinedAttentionConfig),
 }
 
 impl VideoAttentionConfig {
@@ -55,11 +62,15 @@ impl VideoAttentionConfig {
             VideoAttentionConfig::BlockSparse(c) => VideoAttention::BlockSparse(c.init()?),
             VideoAttentionConfig::TokenMerge(c) => VideoAttention::TokenMerge(c.init()?),
             VideoAttentionConfig::Smart(c) => VideoAttention::Smart(c.init()?),
+            VideoAttentionConfig::Dynamic(c) => VideoAttention::Dynamic(c.init()?),
+            VideoAttentionConfig::Combined(c) => VideoAttention::Combined(c.init()?),
         })
     }
 }
 
 /// The attention core of a video DiT block, one of the engine's variants.
+// Built once per layer and never moved in a hot loop: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug, Clone)]
 #[non_exhaustive]
 pub enum VideoAttention {
@@ -73,6 +84,10 @@ pub enum VideoAttention {
     TokenMerge(TokenMergeAttention),
     /// Smart attention.
     Smart(SmartAttention),
+    /// Dynamic block-sparse attention.
+    Dynamic(DynamicSparseAttention),
+    /// Combined attention.
+    Combined(CombinedAttention),
 }
 
 impl VideoAttention {
@@ -109,7 +124,9 @@ impl VideoAttention {
     }
 
     /// [`forward_with`](Self::forward_with) for a call at `position` (layer, denoising step):
-    /// smart attention runs dense in its warm-up and samples its rows per position.
+    /// smart attention runs dense in its warm-up and samples its rows per position; dynamic
+    /// attention takes its step's thresholds and samples its tokens per position; combined
+    /// attention runs dense in its warm-up steps.
     ///
     /// # Shapes
     /// - q, k `[b, h, n, d]`, v `[b, h, n, dv]`, bias `[b or 1, h or 1, n]`
@@ -125,6 +142,19 @@ impl VideoAttention {
         match self {
             VideoAttention::Smart(m) => {
                 let out = m.forward_at(q, k, v, bias, position)?;
+                Ok(AttentionOutput { output: out.output, lse: out.lse })
+            }
+            VideoAttention::Dynamic(m) => {
+                let out = m.forward_at(q, k, v, bias, position)?;
+                Ok(AttentionOutput { output: out.output, lse: out.lse })
+            }
+            VideoAttention::Combined(m) => {
+                if bias.is_some() {
+                    return Err(DitAttentionError::Invalid(
+                        "combined attention takes no per-key bias (its pattern heads mix whole frames)".into(),
+                    ));
+                }
+                let out = m.forward_at(q, k, v, position)?;
                 Ok(AttentionOutput { output: out.output, lse: out.lse })
             }
             VideoAttention::Dense(m) => m.forward_with(q, k, v, bias),

@@ -9,7 +9,9 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::{DType, Tensor, backend::Backend, ops::FloatTensor};
 
-use super::backend::{MergeIndices, SparseAttentionBackend, unwrap, wrap};
+use dit_attention_kernels::dynamic::SelectJob;
+
+use super::backend::{BlockSelection, MergeIndices, SparseAttentionBackend, unwrap, wrap};
 use crate::error::Result;
 use crate::merge::MergeLayout;
 use crate::plan::KernelPlan;
@@ -126,6 +128,17 @@ impl<B: SparseAttentionBackend, C: CheckpointStrategy> SparseAttentionBackend fo
                 record::<B, C, 4>([&q, &k, &v, b], Which::Output, &saved, out),
                 record::<B, C, 4>([&q, &k, &v, b], Which::Lse, &saved, lse),
             ),
+        }
+    }
+
+    // The selection has no gradient: it runs on the inner backend. The attention over its
+    // lists keeps the default (a block map read back, then the tracked forward above).
+    fn dynamic_select(scores: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
+        let inner = B::dynamic_select(scores.inner(), job);
+        BlockSelection {
+            masses: Tensor::from_inner(inner.masses),
+            counts: Tensor::from_inner(inner.counts),
+            indices: Tensor::from_inner(inner.indices),
         }
     }
 

@@ -3,7 +3,13 @@
 
 use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensor};
 
+use std::sync::Arc;
+
+use dit_attention_kernels::dynamic::SelectJob;
+
+use crate::dynamic::select_reference;
 use crate::error::Result;
+use crate::mask::{BlockKind, BlockLayout, BlockMap};
 use crate::merge::MergeLayout;
 use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
 use crate::plan::KernelPlan;
@@ -46,6 +52,28 @@ pub trait SparseAttentionBackend: Backend {
         reference_forward::<Self>(q, k, v, bias, plan)
     }
 
+    /// Dynamic block-sparse attention: each key block's estimated mass and the kept key blocks
+    /// of every (batch-head, query block), from the raw scores of the sampled tokens
+    /// `[bh, nqb * s, nkb * s]` (see [`crate::dynamic::select_blocks`] for the rule). No gradient.
+    fn dynamic_select(scores: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
+        select_reference(scores, job)
+    }
+
+    /// Attention over per-(batch-head) key-block lists (every listed block full), e.g. from
+    /// [`dynamic_select`](Self::dynamic_select): `q [1, bh, n, d]` with one list row per
+    /// `(bh, query block)`; the other shapes as [`sparse_attention_forward`](Self::sparse_attention_forward).
+    /// Backends without a kernel for device lists read them back and run a block map.
+    fn sparse_attention_forward_lists(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        lists: &BlockLists<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let plan = lists.host_plan();
+        Self::sparse_attention_forward(q, k, v, bias, &plan)
+    }
+
     /// Whether the token-merging kernels take a matching of `groups` score matrices of `dtype`
     /// (otherwise the burn-tensor references run).
     fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {
@@ -81,6 +109,51 @@ pub struct MergeIndices<B: Backend> {
     /// The kernels' member lists: offsets `[groups, dsts + 1]` and the merged tokens of each
     /// destination `[groups, max(r, 1)]`; `None` from the references.
     pub members: Option<(Tensor<B, 2, Int>, Tensor<B, 2, Int>)>,
+}
+
+/// Estimated block masses and kept key blocks on the device.
+#[derive(Debug, Clone)]
+pub struct BlockSelection<B: Backend> {
+    /// `[bh, nqb, nkb]`: estimated mass of each key block per query block (a row sums to the
+    /// samples per block); f32 on the kernel backends.
+    pub masses: Tensor<B, 3>,
+    /// `[bh * nqb]`: kept key blocks per (batch-head, query block).
+    pub counts: Tensor<B, 1, Int>,
+    /// `[bh * nqb, nkb]`: the kept key blocks, ascending, padded with `nkb`.
+    pub indices: Tensor<B, 2, Int>,
+}
+
+/// Key-block lists of an attention call, one row per (batch-head, query block).
+#[derive(Debug, Clone)]
+pub struct BlockLists<B: Backend> {
+    /// The block cut (queries and keys alike).
+    pub blocks: Arc<BlockLayout>,
+    /// `[rows]` listed blocks per row.
+    pub counts: Tensor<B, 1, Int>,
+    /// `[rows, nkb]` key blocks, the first `counts[row]` of each row valid.
+    pub indices: Tensor<B, 2, Int>,
+    /// Score scale.
+    pub scale: f64,
+}
+
+impl<B: Backend> BlockLists<B> {
+    /// The lists read back as a per-row block map (`rows / nqb` heads).
+    pub fn host_plan(&self) -> KernelPlan {
+        let n = self.blocks.len();
+        let counts: Vec<i64> = self.counts.clone().into_data().iter::<i64>().collect();
+        let indices: Vec<i64> = self.indices.clone().into_data().iter::<i64>().collect();
+        let stride = indices.len() / counts.len().max(1);
+        let rows = counts
+            .iter()
+            .enumerate()
+            .map(|(r, &c)| {
+                indices[r * stride..r * stride + c as usize].iter().map(|&j| (j as u32, BlockKind::Full)).collect()
+            })
+            .collect();
+        let map = BlockMap::from_rows((*self.blocks).clone(), counts.len() / n, rows, None)
+            .expect("the selection lists each key block at most once, below the block count");
+        KernelPlan::from_map(Arc::new(map), self.scale)
+    }
 }
 
 /// The forward through the burn-tensor references (any backend).

@@ -4,9 +4,15 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous, tensor::CubeTensor,
 };
-use dit_attention_kernels::attention::{ForwardPath, ForwardProblem, KernelElem, TC_ROWS, forward_elem};
+use dit_attention_kernels::attention::{
+    BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, TC_ROWS, forward_elem,
+};
 
-use super::backend::{MergeIndices, SparseAttentionBackend, reference_forward, unwrap, wrap};
+use dit_attention_kernels::dynamic::SelectJob;
+
+use super::backend::{
+    BlockLists, BlockSelection, MergeIndices, SparseAttentionBackend, reference_forward, unwrap, wrap,
+};
 use crate::error::{DitAttentionError, Result};
 use crate::merge::MergeLayout;
 use crate::plan::KernelPlan;
@@ -17,7 +23,7 @@ const GRID_LIMIT: usize = 65_535;
 /// Largest head dim of the portable kernel (one query row lives in a unit's registers).
 pub(crate) const PORTABLE_MAX_HEAD_DIM: usize = 256;
 
-fn kernel_elem(dtype: DType) -> Option<KernelElem> {
+pub(super) fn kernel_elem(dtype: DType) -> Option<KernelElem> {
     match dtype {
         DType::F32 => Some(KernelElem::F32),
         DType::F16 => Some(KernelElem::F16),
@@ -96,39 +102,21 @@ where
             let (out, lse) = reference_forward::<Self>(q, k, v, bias, plan);
             return (out, unwrap(wrap::<Self, 3>(lse).cast(DType::F32)));
         }
-        let elem = elem.expect("checked above");
-        let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
-        let qs = q.meta.shape().clone();
-        let (batch, heads, q_len, head_dim) = (qs[0], qs[1], qs[2], qs[3]);
-        let k_len = k.meta.shape()[2];
-        let value_dim = v.meta.shape()[3];
-        let bias = bias.map(|b| {
-            let b = into_contiguous(b);
-            let bs = b.meta.shape().clone();
-            let batch_stride = if bs[0] == 1 { 0 } else { bs[1] * k_len };
-            let head_stride = if bs[1] == 1 { 0 } else { k_len };
-            (b.handle.clone(), batch_stride, head_stride)
-        });
-        let map = plan.kernel_arrays();
-        let problem = ForwardProblem { batch, heads, q_len, k_len, head_dim, value_dim, scale: plan.scale() as f32 };
-        let path = ForwardPath::choose(&q.client, elem, head_dim, value_dim);
-        let (qh, kh, vh) = (q.handle.clone(), k.handle.clone(), v.handle.clone());
-        let result = forward_elem::<R>(&q.client, path, elem, qh, kh, vh, bias, map, problem);
-        let out = CubeTensor::new_contiguous(
-            q.client.clone(),
-            q.device.clone(),
-            Shape::from([batch, heads, q_len, value_dim]),
-            result.out,
-            q.dtype,
-        );
-        let lse = CubeTensor::new_contiguous(
-            q.client.clone(),
-            q.device.clone(),
-            Shape::from([batch, heads, q_len]),
-            result.lse,
-            DType::F32,
-        );
-        (out, lse)
+        launch_forward(q, k, v, bias, elem.expect("checked above"), plan.kernel_arrays(), plan.scale())
+    }
+
+    fn dynamic_select(scores: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
+        super::cube_dynamic::select(scores, job)
+    }
+
+    fn sparse_attention_forward_lists(
+        q: CubeTensor<R>,
+        k: CubeTensor<R>,
+        v: CubeTensor<R>,
+        bias: Option<CubeTensor<R>>,
+        lists: &BlockLists<Self>,
+    ) -> (CubeTensor<R>, CubeTensor<R>) {
+        super::cube_dynamic::forward_lists(q, k, v, bias, lists)
     }
 
     fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {
@@ -146,6 +134,49 @@ where
     fn merge_gather(y: Tensor<Self, 4>, indices: &MergeIndices<Self>, layout: &MergeLayout) -> Tensor<Self, 4> {
         merge::gather(y, indices, layout)
     }
+}
+
+/// Runs the forward kernel of `elem` over `map` (inputs of any layout).
+pub(super) fn launch_forward<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    bias: Option<CubeTensor<R>>,
+    elem: KernelElem,
+    map: BlockMapArrays<'_>,
+    scale: f64,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+    let qs = q.meta.shape().clone();
+    let (batch, heads, q_len, head_dim) = (qs[0], qs[1], qs[2], qs[3]);
+    let k_len = k.meta.shape()[2];
+    let value_dim = v.meta.shape()[3];
+    let bias = bias.map(|b| {
+        let b = into_contiguous(b);
+        let bs = b.meta.shape().clone();
+        let batch_stride = if bs[0] == 1 { 0 } else { bs[1] * k_len };
+        let head_stride = if bs[1] == 1 { 0 } else { k_len };
+        (b.handle.clone(), batch_stride, head_stride)
+    });
+    let problem = ForwardProblem { batch, heads, q_len, k_len, head_dim, value_dim, scale: scale as f32 };
+    let path = ForwardPath::choose(&q.client, elem, head_dim, value_dim);
+    let (qh, kh, vh) = (q.handle.clone(), k.handle.clone(), v.handle.clone());
+    let result = forward_elem::<R>(&q.client, path, elem, qh, kh, vh, bias, map, problem);
+    let out = CubeTensor::new_contiguous(
+        q.client.clone(),
+        q.device.clone(),
+        Shape::from([batch, heads, q_len, value_dim]),
+        result.out,
+        q.dtype,
+    );
+    let lse = CubeTensor::new_contiguous(
+        q.client.clone(),
+        q.device.clone(),
+        Shape::from([batch, heads, q_len]),
+        result.lse,
+        DType::F32,
+    );
+    (out, lse)
 }
 
 /// Token merging on CubeCL backends: the kernels of `dit_attention_kernels::merge`.

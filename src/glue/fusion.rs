@@ -11,7 +11,9 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use super::backend::{MergeIndices, SparseAttentionBackend};
+use dit_attention_kernels::dynamic::SelectJob;
+
+use super::backend::{BlockLists, BlockSelection, MergeIndices, SparseAttentionBackend};
 use crate::error::Result;
 use crate::merge::MergeLayout;
 use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
@@ -74,6 +76,20 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
         let lse = outputs.pop().expect("two outputs");
         let out = outputs.pop().expect("two outputs");
         (out, lse)
+    }
+
+    fn dynamic_select(scores: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
+        dynamic_select::<B>(scores, job)
+    }
+
+    fn sparse_attention_forward_lists(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        lists: &BlockLists<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        forward_lists::<B>(q, k, v, bias, lists)
     }
 
     fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {
@@ -278,4 +294,69 @@ pub(super) fn merge_gather<B: FusionBackend + SparseAttentionBackend>(
     }
     let [g, reps, _, c] = y.dims();
     merge_data("dit_attention::merge_gather", y, indices, layout, [g, reps, layout.n, c], false)
+}
+
+fn dynamic_select<B: FusionBackend + SparseAttentionBackend>(
+    scores: Tensor<Fusion<B>, 3>,
+    job: &SelectJob,
+) -> BlockSelection<Fusion<B>> {
+    let job = *job;
+    let rows = job.bh * job.nqb;
+    let int_dtype = B::IntElem::dtype();
+    let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
+        let scores = float::<B>(ins.into_iter().next().expect("one input"));
+        let sel = B::dynamic_select(Tensor::from_primitive(TensorPrimitive::Float(scores)), &job);
+        vec![
+            Prim::Float(sel.masses.cast(DType::F32).into_primitive().tensor()),
+            Prim::Int(sel.counts.into_primitive()),
+            Prim::Int(sel.indices.into_primitive()),
+        ]
+    });
+    let outputs = vec![
+        (Kind::Float, vec![job.bh, job.nqb, job.nkb], DType::F32),
+        (Kind::Int, vec![rows], int_dtype),
+        (Kind::Int, vec![rows, job.nkb], int_dtype),
+    ];
+    let scores = scores.into_primitive().tensor();
+    let mut outs =
+        register::<B>("dit_attention::dynamic_select", vec![(Kind::Float, scores)], outputs, run).into_iter();
+    let masses = Tensor::from_primitive(TensorPrimitive::Float(outs.next().expect("3")));
+    let counts = Tensor::<Fusion<B>, 1, Int>::from_primitive(outs.next().expect("3"));
+    let indices = Tensor::<Fusion<B>, 2, Int>::from_primitive(outs.next().expect("3"));
+    BlockSelection { masses, counts, indices }
+}
+
+fn forward_lists<B: FusionBackend + SparseAttentionBackend>(
+    q: FloatTensor<Fusion<B>>,
+    k: FloatTensor<Fusion<B>>,
+    v: FloatTensor<Fusion<B>>,
+    bias: Option<FloatTensor<Fusion<B>>>,
+    lists: &BlockLists<Fusion<B>>,
+) -> (FloatTensor<Fusion<B>>, FloatTensor<Fusion<B>>) {
+    let (blocks, scale, has_bias) = (lists.blocks.clone(), lists.scale, bias.is_some());
+    let [batch, heads, q_len] = [q.shape[0], q.shape[1], q.shape[2]];
+    let (value_dim, dtype) = (v.shape[3], q.dtype);
+    let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
+        let mut it = ins.into_iter();
+        let mut next_float = || float::<B>(it.next().expect("declared operand"));
+        let (q, k, v) = (next_float(), next_float(), next_float());
+        let bias = has_bias.then(&mut next_float);
+        let mut ints = it.map(int::<B>);
+        let counts = Tensor::from_primitive(ints.next().expect("counts"));
+        let indices = Tensor::from_primitive(ints.next().expect("indices"));
+        let lists = BlockLists { blocks: blocks.clone(), counts, indices, scale };
+        let (out, lse) = B::sparse_attention_forward_lists(q, k, v, bias, &lists);
+        vec![Prim::Float(out), Prim::Float(lse)]
+    });
+    let mut inputs = vec![(Kind::Float, q), (Kind::Float, k), (Kind::Float, v)];
+    inputs.extend(bias.map(|b| (Kind::Float, b)));
+    inputs.push((Kind::Int, lists.counts.clone().into_primitive()));
+    inputs.push((Kind::Int, lists.indices.clone().into_primitive()));
+    let outputs = vec![
+        (Kind::Float, vec![batch, heads, q_len, value_dim], dtype),
+        (Kind::Float, vec![batch, heads, q_len], DType::F32),
+    ];
+    let mut outs = register::<B>("dit_attention::block_list_forward", inputs, outputs, run).into_iter();
+    let out = outs.next().expect("two outputs");
+    (out, outs.next().expect("two outputs"))
 }

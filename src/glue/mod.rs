@@ -8,9 +8,11 @@ mod cpu;
 #[cfg(feature = "cube")]
 mod cube;
 #[cfg(feature = "cube")]
+mod cube_dynamic;
+#[cfg(feature = "cube")]
 mod fusion;
 
-pub use backend::{MergeIndices, SparseAttentionBackend, reference_forward};
+pub use backend::{BlockLists, BlockSelection, MergeIndices, SparseAttentionBackend, reference_forward};
 pub(crate) use backend::{unwrap, wrap};
 
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};

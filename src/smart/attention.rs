@@ -8,13 +8,14 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use super::band::{Band, BandSpec, HeadClass};
-use super::profile::{KeyTables, call_seed, profile, sample_rows};
+use super::profile::{KeyTables, profile, sample_rows};
 use crate::attention::{CallPosition, attention_with_plan, dense_attention};
 use crate::canvas::{Canvas, TextSpec, VideoLayout};
 use crate::error::DitAttentionError;
 use crate::glue::{SparseAttentionBackend, index_tensor};
 use crate::plan::KernelPlan;
 use crate::reference::{AttentionOptions, AttentionOutput, check_qkv};
+use crate::rng::call_seed;
 
 /// Configuration of [`SmartAttention`] (Sparse VideoGen, spec section 7).
 #[derive(Config, Debug, PartialEq)]

@@ -23,12 +23,6 @@ pub(crate) fn sample_rows(layout: &VideoLayout, samples: usize, seed: u64) -> Ve
     picked.into_iter().map(|i| layout.video_range().start + i).collect()
 }
 
-/// The per-call seed: the config's seed mixed with the call's layer and step, so calls draw
-/// different rows and the same call always draws the same ones.
-pub(crate) fn call_seed(seed: u64, layer: usize, step: usize) -> u64 {
-    seed ^ SplitMix::new(((layer as u64) << 32) ^ step as u64).next()
-}
-
 /// Per key position and class: its group (`-1` for text), and whether it is always visible
 /// (text, and group 0 with the sink), as `[1, n]` rows for a device-side mask. Built once per
 /// module (they depend only on the layout and the band).

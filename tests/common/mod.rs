@@ -2,6 +2,8 @@
 //! from the spec, independent of the crate's geometry code.
 #![allow(dead_code)]
 
+pub mod combined;
+pub mod dynamic;
 pub mod engine;
 pub mod merge;
 pub mod smart;
@@ -196,4 +198,28 @@ pub fn pattern_allows(
         PatternSpec::Swin { window, shift } => swin_allows(*window, *shift, q, k),
         PatternSpec::Clear { radius } => clear_allows(*radius, q, k),
     }
+}
+
+/// A random per-key bias in its broadcast shape `[b or 1, h or 1, n]` (`Some([per batch, per
+/// head])`), and its values expanded to `[b, h, n]` for a brute force (empty without a bias).
+pub fn random_bias<B: dit_attention::SparseAttentionBackend>(
+    rng: &mut SeedRng,
+    [b, h, n]: [usize; 3],
+    shape: Option<[bool; 2]>,
+    device: &B::Device,
+) -> (Option<Tensor<B, 3>>, Vec<f64>) {
+    let Some([per_batch, per_head]) = shape else {
+        return (None, vec![]);
+    };
+    let (bb, hb) = (if per_batch { b } else { 1 }, if per_head { h } else { 1 });
+    let small = rng.normals(bb * hb * n);
+    let t = Tensor::<B, 3>::from_data(TensorData::new(small.clone(), [bb, hb, n]), merge::fopts::<B>(device));
+    let mut full = Vec::with_capacity(b * h * n);
+    for bi in 0..b {
+        for hi in 0..h {
+            let row = (bi % bb) * hb + hi % hb;
+            full.extend_from_slice(&small[row * n..(row + 1) * n]);
+        }
+    }
+    (Some(t), full)
 }

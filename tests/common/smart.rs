@@ -98,22 +98,7 @@ impl SmartCase {
         let (k, kv) = make(d);
         let (v, vv) = make(dv);
         // The bias in its broadcast shape; the brute force gets it expanded to `[b, h, n]`.
-        let (bias, bv) = match self.bias {
-            Some([per_batch, per_head]) => {
-                let (bb, hb) = (if per_batch { b } else { 1 }, if per_head { h } else { 1 });
-                let small = rng.normals(bb * hb * n);
-                let t = Tensor::<B, 3>::from_data(TensorData::new(small.clone(), [bb, hb, n]), fopts::<B>(device));
-                let mut full = Vec::with_capacity(b * h * n);
-                for bi in 0..b {
-                    for hi in 0..h {
-                        let row = (bi % bb) * hb + hi % hb;
-                        full.extend_from_slice(&small[row * n..(row + 1) * n]);
-                    }
-                }
-                (Some(t), full)
-            }
-            None => (None, vec![]),
-        };
+        let (bias, bv) = super::random_bias::<B>(&mut rng, [b, h, n], self.bias, device);
         SmartInputs { q, k, v, bias, values: [qv, kv, vv, bv] }
     }
 }

@@ -46,6 +46,18 @@ pub enum KeyBlocks<'a> {
         /// them; `None` when every visited block is full.
         masks: Option<(&'a [u32], &'a [u32])>,
     },
+    /// Count and index list per map row already on the device (written by a kernel, e.g. the
+    /// dynamic block selection), 32-bit integers; every visited block is full.
+    Device {
+        /// `rows` visited key block counts.
+        counts: &'a Handle,
+        /// `rows x max_count` key block indices.
+        indices: &'a Handle,
+        /// Map rows (`map_heads * nqb`).
+        rows: usize,
+        /// Row stride of `indices`.
+        max_count: usize,
+    },
     /// Every key block (dense attention).
     All,
     /// The STA window of each query tile plus the text blocks, from
@@ -74,6 +86,7 @@ impl BlockMapArrays<'_> {
     pub fn config(&self) -> MapConfig {
         let (source, partial) = match self.blocks {
             KeyBlocks::Arrays { masks, .. } => (MapSource::Arrays, masks.is_some()),
+            KeyBlocks::Device { .. } => (MapSource::Arrays, false),
             KeyBlocks::All => (MapSource::All, false),
             KeyBlocks::Sta(_) => (MapSource::Sta, false),
         };
@@ -192,14 +205,21 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
         KeyBlocks::Arrays { counts, indices, max_count, masks } => {
             (Some(counts), Some(indices), max_count.max(1), masks, None)
         }
+        KeyBlocks::Device { max_count, .. } => (None, None, max_count.max(1), None, None),
         KeyBlocks::All => (None, None, 1, None, None),
         KeyBlocks::Sta(sta) => (None, None, 1, None, Some(sta)),
+    };
+    let (counts, indices) = match map.blocks {
+        KeyBlocks::Device { counts, indices, rows, max_count } => {
+            ((counts.clone(), rows.max(1)), (indices.clone(), (rows * max_count).max(1)))
+        }
+        _ => (upload(counts), upload(indices)),
     };
     let arrays = [
         upload(Some(map.q_starts)),
         upload(Some(map.k_starts)),
-        upload(counts),
-        upload(indices),
+        counts,
+        indices,
         upload(masks.map(|m| m.0)),
         upload(masks.map(|m| m.1)),
         upload(sta),

@@ -6,7 +6,7 @@
 mod gather;
 mod launch;
 mod matching;
-mod scan;
+pub(crate) mod scan;
 
 pub use gather::{gather_rows, segment_sum};
 pub use launch::{

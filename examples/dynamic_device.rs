@@ -1,0 +1,197 @@
+//! Dynamic block-sparse attention at the CogVideoX attention shapes on a GPU (bf16, d64, text
+//! before) through the public API on `burn::backend::Cuda`:
+//!
+//! - our dense attention on the same inputs, the baseline;
+//! - two kinds of inputs: `random` (Gaussian q, k: attention nearly uniform, so the selection
+//!   keeps most blocks) and `local` (q and k carry smooth random Fourier features of the token's
+//!   canvas coordinates plus noise: nearby tokens attend to each other, as in video DiTs);
+//! - per input kind, the spec's thresholds at the first step (`tau` 0.98, ratios [0.12, 1.0]) and
+//!   at the last (0.90, [0.10, 0.8]): the whole call, the estimate and selection alone, the
+//!   attention over the kept blocks alone, and the achieved density;
+//! - the target of the issue: call <= 1.15 x (density x dense) + estimate, estimate <= 10%;
+//! - Combined attention past its warm-up on the same inputs (pattern or dynamic per head).
+//!
+//! Writes `dynamic.json` into `--out`; `scripts/bench_vs_torch.py` adds torch SDPA (cuDNN) on
+//! the same shapes, timed in the same run.
+//!
+//! ```sh
+//! CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda --example dynamic_device
+//! ./dynamic_device --out /tmp/bench   # on the GPU machine
+//! ```
+
+use std::time::Instant;
+
+use burn::backend::Cuda;
+use burn::backend::cuda::CudaDevice;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Tensor, TensorData};
+use clap::Parser;
+use dit_attention::combined::{CombinedAttentionConfig, HeadChoice};
+use dit_attention::dynamic::{DynamicSparseAttentionConfig, ThresholdSchedule, Thresholds};
+use dit_attention::{AttentionOptions, CallPosition, Canvas, TextSpec};
+
+#[derive(Parser)]
+struct Args {
+    /// Folder for dynamic.json.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Timed runs after the warm-up.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Comma-separated shapes: cogvideox-2b, cogvideox1.5-5b.
+    #[arg(long, default_value = "cogvideox-2b,cogvideox1.5-5b")]
+    shapes: String,
+}
+
+type B = Cuda<f32, i32>;
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `[n, d]` features: per token, `sqrt(2) cos(w_j . (t, h, w) + phi_j)` with frequencies of about
+/// one radian per three tokens (text tokens: random phases only), seeded.
+fn local_features(canvas: Canvas, text: usize, d: usize) -> Vec<f32> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut uniform = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut normal = || (-2.0 * uniform().max(1e-300).ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos();
+    let freqs: Vec<[f64; 3]> = (0..d).map(|_| [normal() / 3.0, normal() / 3.0, normal() / 3.0]).collect();
+    let phases: Vec<f64> = (0..d).map(|_| std::f64::consts::TAU * uniform()).collect();
+    let mut out = Vec::with_capacity((text + canvas.len()) * d);
+    for _ in 0..text {
+        let phase: Vec<f64> = (0..d).map(|_| std::f64::consts::TAU * uniform()).collect();
+        out.extend(phase.iter().map(|p| (2f64.sqrt() * p.cos()) as f32));
+    }
+    for i in 0..canvas.len() {
+        let c = canvas.coords(i).map(|x| x as f64);
+        for j in 0..d {
+            let arg = freqs[j][0] * c[0] + freqs[j][1] * c[1] + freqs[j][2] * c[2] + phases[j];
+            out.push((2f64.sqrt() * arg.cos()) as f32);
+        }
+    }
+    out
+}
+
+fn main() -> Res<()> {
+    let args = Args::parse();
+    let device = CudaDevice::default();
+    let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
+    // Median of `runs` device-synchronised calls after one warm-up call.
+    let time = |f: &dyn Fn() -> Res<()>| -> Res<f64> {
+        f()?;
+        sync()?;
+        let mut times = Vec::new();
+        for _ in 0..args.runs {
+            let t = Instant::now();
+            f()?;
+            sync()?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(median(times))
+    };
+    let mut shapes = vec![];
+    for name in args.shapes.split(',') {
+        let (batch, heads, canvas, text) = match name {
+            "cogvideox-2b" => (2, 30, [13, 30, 45], TextSpec::before(226)),
+            "cogvideox1.5-5b" => (2, 48, [11, 48, 85], TextSpec::before(224)),
+            other => return Err(format!("unknown shape {other}").into()),
+        };
+        let d = 64;
+        let n = canvas.iter().product::<usize>() + text.len;
+        let noise = || Tensor::<B, 4>::random([batch, heads, n, d], Distribution::Normal(0.0, 1.0), &device);
+        let base = local_features(Canvas::from_slice(&canvas)?, text.len, d);
+        let base = Tensor::<B, 4>::from_data(TensorData::new(base, [1, 1, n, d]), &device).expand([batch, heads, n, d]);
+        let mut entries = vec![];
+        let mut dense_ms = 0.0;
+        for inputs in ["random", "local"] {
+            let make = || match inputs {
+                "random" => noise().cast(DType::BF16),
+                _ => (base.clone() + noise().mul_scalar(0.3)).cast(DType::BF16),
+            };
+            let (q, k, v) = (make(), make(), noise().cast(DType::BF16));
+            if inputs == "random" {
+                dense_ms = time(&|| {
+                    dit_attention::dense_attention(q.clone(), k.clone(), v.clone(), None, AttentionOptions::default())?;
+                    Ok(())
+                })?;
+                println!("{name} dense (ours): {dense_ms:.3} ms");
+            }
+            let steps = [
+                ("first step", Thresholds { tau: 0.98, min_ratio: 0.12, max_ratio: 1.0 }),
+                ("last step", Thresholds { tau: 0.90, min_ratio: 0.10, max_ratio: 0.8 }),
+            ];
+            for (step, t) in steps {
+                let module = DynamicSparseAttentionConfig::new(canvas)
+                    .with_text(text)
+                    .with_schedule(ThresholdSchedule::Constant(t))
+                    .init()?;
+                let call_ms = time(&|| {
+                    module.forward_at(q.clone(), k.clone(), v.clone(), None, None)?;
+                    Ok(())
+                })?;
+                let estimate_ms = time(&|| {
+                    module.select(&q, &k, &v, None, None)?;
+                    Ok(())
+                })?;
+                let (_, selection) = module.select(&q, &k, &v, None, None)?;
+                let selection = selection.ok_or("thresholds below 1 select")?;
+                let attention_ms = time(&|| {
+                    module.forward_selected(q.clone(), k.clone(), v.clone(), None, &selection)?;
+                    Ok(())
+                })?;
+                let out = module.forward_at(q.clone(), k.clone(), v.clone(), None, None)?;
+                let density = out.density();
+                let budget = 1.15 * density * dense_ms + estimate_ms;
+                println!(
+                    "{name} {inputs} {step}: density {density:.3}; call {call_ms:.3} ms ({:.2}x dense; target <= {budget:.3} ms: {}), estimate {estimate_ms:.3} ms ({:.1}% of the call), attention {attention_ms:.3} ms ({:.2} of dense per pair)",
+                    dense_ms / call_ms,
+                    if call_ms <= budget { "met" } else { "NOT met" },
+                    100.0 * estimate_ms / call_ms,
+                    density * dense_ms / attention_ms,
+                );
+                entries.push(serde_json::json!({
+                    "inputs": inputs, "step": step, "tau": t.tau, "min_ratio": t.min_ratio, "max_ratio": t.max_ratio,
+                    "density": density, "call_ms": call_ms, "estimate_ms": estimate_ms,
+                    "attention_ms": attention_ms, "target_ms": budget,
+                }));
+            }
+            // Combined attention past its warm-up, the last step's thresholds for dynamic heads.
+            let combined = CombinedAttentionConfig::new(canvas)
+                .with_text(text)
+                .with_schedule(ThresholdSchedule::Constant(steps[1].1))
+                .init()?;
+            let at = Some(CallPosition::new(0, 10));
+            let call_ms = time(&|| {
+                combined.forward_at(q.clone(), k.clone(), v.clone(), at)?;
+                Ok(())
+            })?;
+            let out = combined.forward_at(q.clone(), k.clone(), v.clone(), at)?;
+            let pattern = out.heads.iter().filter(|&&c| c == HeadChoice::Pattern).count();
+            let density = out.density.iter().sum::<f64>() / out.density.len() as f64;
+            println!(
+                "{name} {inputs} combined: {pattern} of {} heads pattern, density {density:.3}; call {call_ms:.3} ms ({:.2}x dense)",
+                out.heads.len(),
+                dense_ms / call_ms
+            );
+            entries.push(serde_json::json!({
+                "inputs": inputs, "step": "combined (last step)", "tau": steps[1].1.tau, "min_ratio": steps[1].1.min_ratio,
+                "max_ratio": steps[1].1.max_ratio, "density": density, "call_ms": call_ms, "estimate_ms": f64::NAN,
+                "attention_ms": f64::NAN, "target_ms": 1.15 * density * dense_ms, "pattern_heads": pattern,
+            }));
+        }
+        shapes.push(serde_json::json!({
+            "shape": name, "batch": batch, "heads": heads, "n": n, "d": d, "dense_ms": dense_ms, "entries": entries,
+        }));
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let meta = serde_json::json!({ "runs": args.runs, "shapes": shapes });
+    std::fs::write(args.out.join("dynamic.json"), serde_json::to_string_pretty(&meta)?)?;
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Pattern attention and Combined attention (spec section 8).
+//!
+//! - [`CombinedAttentionConfig`] -> [`CombinedAttention`]: dense for the first `warmup_steps`,
+//!   then per (batch, head) pattern attention where the head is not sparse and its attention
+//!   repeats across frames, dynamic block-sparse attention elsewhere; it reports each head's
+//!   choice, statistics and density;
+//! - [`PatternStats`]: the frame-to-frame mass map and the two head statistics from sampled
+//!   query rows.
+
+mod attention;
+mod pattern;
+
+pub use attention::{CombinedAttention, CombinedAttentionConfig, CombinedOutput, HeadChoice};
+pub use pattern::PatternStats;

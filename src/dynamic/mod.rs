@@ -1,0 +1,22 @@
+//! Dynamic block-sparse attention (spec section 8): per call, the mass of every (query block,
+//! key block) pair is estimated from a few sampled tokens per block, and each query block keeps
+//! the fewest key blocks holding a fraction `tau` of its mass (clamped, plus sink blocks).
+//!
+//! - [`DynamicSparseAttentionConfig`] -> [`DynamicSparseAttention`]: the module;
+//! - [`Thresholds`], [`ThresholdSchedule`]: `tau`, `min_ratio`, `max_ratio`, constant or over
+//!   denoising steps;
+//! - [`select_blocks`]: the selection rule on one row of masses (the kernels' contract);
+//! - [`sample_positions`]: the sampled tokens of every block.
+//!
+//! On the CubeCL backends the masses and the selection run in one kernel per (batch-head, query
+//! block) (`dit_attention_kernels::dynamic`), and the attention reads the kept blocks where the
+//! kernel wrote them; the scores of the sampled tokens come from one matmul.
+
+mod attention;
+mod schedule;
+mod select;
+
+pub use attention::{DynamicOutput, DynamicSparseAttention, DynamicSparseAttentionConfig};
+pub use schedule::{ThresholdSchedule, Thresholds};
+pub(crate) use select::select_reference;
+pub use select::{BlockBudget, sample_positions, select_blocks};
