@@ -194,6 +194,30 @@ fn periodic_heads_are_exact_pattern_heads() {
     assert!(out.density.iter().all(|&x| x < 1.0));
 }
 
+/// One frame: no other frame to share a pattern with, every head dynamic; thresholds that keep
+/// every block make every head dense, density 1 each.
+#[test]
+fn single_frame_is_dynamic() {
+    let g = Geo { canvas: Canvas::new(1, 3, 4).unwrap(), text: TextSpec::before(2), d: 4, dv: 3 };
+    let n = g.n();
+    let [q, k, v] = make_inputs(&g, &[true, false, true], 1.0, 6);
+    let t = |x: &[f64], c| tensor4(x, [1, 3, n, c]);
+    let dense =
+        values(dense_attention(t(&q, 4), t(&k, 4), t(&v, 3), None, AttentionOptions::default()).unwrap().output);
+    let all = ThresholdSchedule::Constant(Thresholds { tau: 1.0, min_ratio: 0.0, max_ratio: 1.0 });
+    let module = CombinedAttentionConfig::new([1, 3, 4])
+        .with_text(TextSpec::before(2))
+        .with_pattern_samples(2)
+        .with_similarity(-1.0)
+        .with_schedule(all)
+        .init()
+        .unwrap();
+    let out = module.forward_at(t(&q, 4), t(&k, 4), t(&v, 3), Some(CallPosition::new(0, 9))).unwrap();
+    assert_eq!(out.heads, vec![HeadChoice::Dynamic; 3]);
+    assert_eq!(out.density, vec![1.0; 3]);
+    assert!(rel_err(&values(out.output), &dense) < 1e-12);
+}
+
 /// Warm-up steps run dense attention.
 #[test]
 fn warmup_is_dense() {

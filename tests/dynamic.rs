@@ -86,6 +86,15 @@ proptest! {
                 better < budget.k_max
             }).collect();
             prop_assert!(ranked.len() >= budget.k_min.min(n));
+            // Exactly the top `k` ranks (`k` = the fewest reaching `tau`, within the budget)
+            // plus the sinks: running sums in rank order, f32.
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| masses[b].total_cmp(&masses[a]).then(a.cmp(&b)));
+            let cum: Vec<f32> = order.iter().scan(0.0f32, |s, &j| { *s += masses[j]; Some(*s) }).collect();
+            let by_tau = cum.iter().position(|&c| c >= tau * cum[n - 1]).map_or(n, |r| r + 1);
+            let k = by_tau.max(budget.k_min).min(budget.k_max);
+            let want: Vec<u32> = (0..n).filter(|j| order[..k].contains(j) || *j < sinks).map(|j| j as u32).collect();
+            prop_assert_eq!(&kept, &want);
             // Every kept non-sink block outweighs every dropped block.
             for &j in kept.iter().filter(|&&j| j as usize >= sinks) {
                 for i in (0..n).filter(|i| !kept.contains(&(*i as u32))) {
@@ -130,6 +139,21 @@ fn keeping_everything_is_dense() {
         assert!(rel_err(&values(out.output), &values(dense.output.clone())) < 1e-12);
         assert!(rel_err(&values(out.lse), &values(dense.lse.clone())) < 1e-12);
     }
+    // `tau = 1` with a block cap below 1 still selects (the cap binds).
+    let capped = base
+        .clone()
+        .with_schedule(ThresholdSchedule::Constant(Thresholds { tau: 1.0, min_ratio: 0.0, max_ratio: 0.5 }))
+        .init()
+        .unwrap();
+    let out = capped.forward_at(q.clone(), k.clone(), v.clone(), None, None).unwrap();
+    assert!(out.selection.is_some() && out.density() < 1.0);
+    // A selection made elsewhere is checked before the kernels index with it.
+    let sel = out.selection.unwrap();
+    let bad = dit_attention::glue::BlockSelection { indices: sel.indices.clone().add_scalar(100), ..sel.clone() };
+    let err = capped.forward_selected(q.clone(), k.clone(), v.clone(), None, &bad).unwrap_err().to_string();
+    assert!(err.contains("block selection row 0"), "{err}");
+    let good = capped.forward_selected(q.clone(), k.clone(), v.clone(), None, &sel).unwrap();
+    assert!(good.output.dims() == [b, h, n, 5]);
     // Every block kept through the selection (max ratio 1, tiny sinks): also dense.
     let all =
         base.with_schedule(ThresholdSchedule::Constant(Thresholds { tau: 0.999_999, min_ratio: 0.99, max_ratio: 1.0 }));
@@ -185,7 +209,7 @@ fn bad_input_gets_clear_errors() {
             "samples 5 tokens per block; it needs between 1 and the block size 4",
         ),
         (base.clone().with_block(0), "block size must be at least 1, got 0"),
-        (DynamicSparseAttentionConfig::new([0, 3, 4]), "0"),
+        (DynamicSparseAttentionConfig::new([0, 3, 4]), "canvas has a zero in dimension"),
     ];
     for (config, want) in cases {
         let err = config.init().expect_err(want).to_string();

@@ -6,11 +6,12 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::pattern::{PatternGeometry, PatternStats};
-use crate::attention::{CallPosition, dense_attention};
+use crate::attention::{CallPosition, check_backend, dense_attention};
 use crate::canvas::{Canvas, TextSpec};
 use crate::dynamic::{DynamicSparseAttention, DynamicSparseAttentionConfig, ThresholdSchedule};
 use crate::error::DitAttentionError;
 use crate::glue::{SparseAttentionBackend, index_tensor};
+use crate::plan::KernelPlan;
 use crate::reference::{AttentionOptions, AttentionOutput, check_qkv};
 use crate::rng::{SplitMix, call_seed};
 
@@ -159,10 +160,11 @@ impl CombinedAttention {
         position.is_some_and(|p| p.step < self.config.warmup_steps)
     }
 
-    /// The choice for a head's statistics: pattern iff not sparse and similar across frames.
+    /// The choice for a head's statistics: pattern iff not sparse and similar across frames. A
+    /// single frame has no other frame to share with: dynamic.
     pub fn choose(&self, stats: &PatternStats, head: usize) -> HeadChoice {
         let c = &self.config;
-        if stats.top_mass[head] <= c.sparse_mass && stats.similarity[head] > c.similarity {
+        if stats.frames > 1 && stats.top_mass[head] <= c.sparse_mass && stats.similarity[head] > c.similarity {
             HeadChoice::Pattern
         } else {
             HeadChoice::Dynamic
@@ -201,6 +203,7 @@ impl CombinedAttention {
         let [b, h, n, d] = q.dims();
         let dv = v.dims()[3];
         let options = AttentionOptions { scale: self.config.scale };
+        check_backend(&q, &k, &v, &KernelPlan::dense(n, n, options.scale_for(d)))?;
         if self.is_warmup(position) {
             let out = dense_attention(q, k, v, None, options)?;
             return Ok(CombinedOutput {

@@ -116,10 +116,11 @@ impl<B: SparseAttentionBackend> DynamicOutput<B> {
     }
 
     /// Fraction of query-key pairs computed per (batch, head), row-major `[b * h]` (reads the
-    /// kept blocks back); `[1.0]` when the call ran dense.
+    /// kept blocks back); all 1 when the call ran dense.
     pub fn head_densities(&self) -> Vec<f64> {
         let Some(sel) = &self.selection else {
-            return vec![1.0];
+            let [b, h, _, _] = self.output.dims();
+            return vec![1.0; b * h];
         };
         let nb = self.blocks.len();
         let counts: Vec<i64> = sel.counts.clone().into_data().iter::<i64>().collect();
@@ -272,7 +273,7 @@ impl DynamicSparseAttention {
             let out = attention_with_plan(q, k, v, bias, &p.shape.with_scale(scale))?;
             return Ok(DynamicOutput { output: out.output, lse: out.lse, thresholds, selection: None, blocks });
         };
-        let out = self.forward_selected(q, k, v, bias, &selection)?;
+        let out = self.attend(q, k, v, bias, &selection);
         Ok(DynamicOutput { output: out.output, lse: out.lse, thresholds, selection: Some(selection), blocks })
     }
 
@@ -296,8 +297,7 @@ impl DynamicSparseAttention {
         p.layout.check_seq_len(q.dims()[2])?;
         p.layout.check_seq_len(k.dims()[2])?;
         check_backend(&q, &k, &v, &p.shape)?;
-        let [b, h, n, d] = q.dims();
-        let dv = v.dims()[3];
+        let [b, h, _, _] = q.dims();
         let nb = p.blocks.len();
         let rows = selection.indices.dims();
         if selection.counts.dims() != [b * h * nb] || rows != [b * h * nb, nb] {
@@ -307,6 +307,23 @@ impl DynamicSparseAttention {
                 got: vec![selection.counts.dims()[0], rows[0], rows[1]],
             });
         }
+        check_selection(selection, nb)?;
+        Ok(self.attend(q, k, v, bias, selection))
+    }
+
+    /// [`forward_selected`](Self::forward_selected) on checked inputs and a selection this
+    /// module made.
+    fn attend<B: SparseAttentionBackend>(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        bias: Option<Tensor<B, 3>>,
+        selection: &BlockSelection<B>,
+    ) -> AttentionOutput<B> {
+        let p = &self.prepared;
+        let [b, h, n, d] = q.dims();
+        let dv = v.dims()[3];
         let scale = AttentionOptions { scale: self.config.scale }.scale_for(d);
         let lists = BlockLists {
             blocks: p.blocks.clone(),
@@ -318,9 +335,27 @@ impl DynamicSparseAttention {
         let flat = |x: Tensor<B, 4>, c: usize| unwrap(x.reshape([1, b * h, n, c]));
         let bias = bias.map(|x| unwrap(x.cast(q.dtype()).expand([b, h, n]).reshape([1, b * h, n])));
         let (out, lse) = B::sparse_attention_forward_lists(flat(q, d), flat(k, d), flat(v, dv), bias, &lists);
-        Ok(AttentionOutput {
-            output: wrap::<B, 4>(out).reshape([b, h, n, dv]),
-            lse: wrap::<B, 3>(lse).reshape([b, h, n]),
-        })
+        AttentionOutput { output: wrap::<B, 4>(out).reshape([b, h, n, dv]), lse: wrap::<B, 3>(lse).reshape([b, h, n]) }
     }
+}
+
+/// A selection from elsewhere lists, per row, at most `nkb` key blocks, strictly ascending and
+/// below `nkb` (the kernels index with them unchecked). Reads the lists back.
+fn check_selection<B: SparseAttentionBackend>(selection: &BlockSelection<B>, nkb: usize) -> crate::Result<()> {
+    let counts: Vec<i64> = selection.counts.clone().into_data().iter::<i64>().collect();
+    let indices: Vec<i64> = selection.indices.clone().into_data().iter::<i64>().collect();
+    for (r, &c) in counts.iter().enumerate() {
+        let row = indices.get(r * nkb..r * nkb + c.max(0) as usize);
+        let valid = (0..=nkb as i64).contains(&c)
+            && row.is_some_and(|row| {
+                row.iter().all(|&j| (0..nkb as i64).contains(&j)) && row.windows(2).all(|w| w[0] < w[1])
+            });
+        if !valid {
+            return Err(DitAttentionError::Invalid(format!(
+                "block selection row {r} lists {c} key blocks {:?}; each row needs at most {nkb} distinct blocks below {nkb}, ascending",
+                row.unwrap_or(&[])
+            )));
+        }
+    }
+    Ok(())
 }

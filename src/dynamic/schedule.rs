@@ -33,7 +33,7 @@ impl Thresholds {
 
     /// Whether every key block is kept whatever the masses: dense attention.
     pub fn keeps_everything(&self) -> bool {
-        self.tau >= 1.0 || self.min_ratio >= 1.0
+        self.min_ratio >= 1.0 || (self.tau >= 1.0 && self.max_ratio >= 1.0)
     }
 }
 

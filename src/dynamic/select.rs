@@ -23,7 +23,8 @@ pub struct BlockBudget {
 impl BlockBudget {
     /// The counts for `nkb` key blocks: `ceil(ratio * nkb)`, at least one block.
     pub fn new(nkb: usize, min_ratio: f64, max_ratio: f64, sinks: usize) -> Self {
-        let count = |r: f64| ((r * nkb as f64).ceil() as usize).clamp(1, nkb.max(1));
+        // Less a hair: `0.14 * 50` is 7.000000000000001 in f64, and its ceiling must be 7.
+        let count = |r: f64| (((r * nkb as f64) - 1e-9).ceil() as usize).clamp(1, nkb.max(1));
         let k_min = count(min_ratio);
         Self { k_min, k_max: count(max_ratio).max(k_min), sinks }
     }
@@ -33,10 +34,12 @@ impl BlockBudget {
 ///
 /// Key blocks ranked by mass (descending, the lower index first on ties); `cum[r]` = the masses
 /// of ranks `0..=r` summed in rank order in f32, `total` = the last of them; `k` = the smallest
-/// count with `cum[k - 1] >= tau * total` (every block if none, e.g. NaN masses), clamped to
+/// count with `cum[k - 1] >= tau * total` (every block if none; a NaN mass counts as 0), clamped to
 /// `[k_min, k_max]`; the first `k` ranks are kept, and every key block `< sinks`. A query block
 /// `< sinks` keeps every key block.
 pub fn select_blocks(masses: &[f32], tau: f32, budget: BlockBudget, query_block: usize) -> Vec<u32> {
+    // NaN masses count as 0, as in the kernel.
+    let masses: Vec<f32> = masses.iter().map(|&m| if m.is_nan() { 0.0 } else { m }).collect();
     let n = masses.len();
     let mut order: Vec<usize> = (0..n).collect();
     // Descending mass, ascending index on ties; `total_cmp` keeps NaN rows deterministic.
@@ -50,7 +53,8 @@ pub fn select_blocks(masses: &[f32], tau: f32, budget: BlockBudget, query_block:
         .collect();
     let target = tau * cum.last().copied().unwrap_or(0.0);
     let mut k = cum.iter().position(|&c| c >= target).map_or(n, |r| r + 1);
-    k = k.clamp(budget.k_min, budget.k_max);
+    // `k_max` wins over `k_min`, as in the kernel.
+    k = k.max(budget.k_min).min(budget.k_max);
     if query_block < budget.sinks {
         k = n;
     }

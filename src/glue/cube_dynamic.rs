@@ -47,7 +47,7 @@ pub(super) fn select<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     }
 }
 
-/// The forward kernel over device lists (32-bit ints); other int widths read the lists back.
+/// The forward kernel over device lists of 32-bit ints; other int dtypes read the lists back.
 pub(super) fn forward_lists<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
@@ -55,8 +55,9 @@ pub(super) fn forward_lists<R: CubeRuntime, F: FloatElement, I: IntElement, BT: 
     bias: Option<CubeTensor<R>>,
     lists: &BlockLists<Cube<R, F, I, BT>>,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let elem = kernel_elem(q.dtype);
-    let Some(elem) = elem.filter(|_| size_of::<I>() == 4) else {
+    // The kernel reads the lists as 32-bit words (whatever int dtype the caller built them in).
+    let words = [lists.counts.dtype(), lists.indices.dtype()].iter().all(|d| matches!(d, DType::I32 | DType::U32));
+    let Some(elem) = kernel_elem(q.dtype).filter(|_| words) else {
         let plan = lists.host_plan();
         return Cube::<R, F, I, BT>::sparse_attention_forward(q, k, v, bias, &plan);
     };

@@ -125,7 +125,7 @@ impl DynamicCase {
 
     /// `k_min`, `k_max` for `nkb` key blocks: `ceil(ratio * nkb)`, at least 1, `k_max >= k_min`.
     pub fn budget(&self, nkb: usize) -> (usize, usize) {
-        let count = |r: f64| ((r * nkb as f64).ceil() as usize).clamp(1, nkb);
+        let count = |r: f64| (((r * nkb as f64) - 1e-9).ceil() as usize).clamp(1, nkb);
         let k_min = count(self.thresholds.min_ratio);
         (k_min, count(self.thresholds.max_ratio).max(k_min))
     }

@@ -17,7 +17,8 @@ use crate::merge::scan::inclusive_scan;
 /// descending, the lower index first on ties (a bitonic sort in shared memory); `cum[r]` = the
 /// masses of ranks `0..=r` summed in rank order in f32, `total = cum[nkb - 1]`; `k` = the
 /// smallest count with `cum[k - 1] >= tau * total` (`nkb` if none), clamped to `[k_min, k_max]`;
-/// the first `k` ranks are kept, and so are key blocks `< sinks`; a query block `< sinks` keeps
+/// the first `k` ranks are kept, and so are key blocks `< sinks` (a NaN mass counts as 0); a
+/// query block `< sinks` keeps
 /// every key block. `counts [bh * nqb]` and `indices [bh * nqb, nkb]` (ascending, padded with
 /// `nkb`) take the kept blocks. The summation order is fixed so a host replay of the same masses
 /// gives the same blocks. `cap` (a power of two `>= nkb`) slots of shared memory per array.
@@ -114,10 +115,15 @@ pub fn block_select<F: Float, I: Int>(
                     acc += f32::exp(f32::cast_from(scores[at + c]) * scale - m) * inv_z;
                 }
             }
+            // A NaN mass (a row of -inf or overflowing scores) counts as 0, as on the host.
+            if f32::is_nan(acc) {
+                acc = 0.0f32;
+            }
             masses[row * n_k + kb] = acc;
         }
         key_m[kb] = acc;
         key_i[kb] = kb as u32;
+        flag[kb] = 0u32;
         kb += units;
     }
     sync_cube();
