@@ -383,7 +383,10 @@ macro_rules! gpu_dynamic_suite {
                     heads: 2,
                     dims: (8, 4),
                     bias: None,
-                    sharpness: 3.0,
+                    // Moderate scores: the f32 backward composite of a near one-hot softmax cancels
+                    // (dO v^T - rowsum(dO O)) and its error then depends on the matmul kernel
+                    // autotune picks (2.4% was seen on lavapipe with 3x sharper inputs).
+                    sharpness: 1.0,
                     data_seed: 12,
                 };
                 check::<Fused>(&case, None, 2e-4).unwrap();
