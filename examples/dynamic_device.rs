@@ -19,16 +19,17 @@
 //! ./dynamic_device --out /tmp/bench   # on the GPU machine
 //! ```
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use burn::backend::Cuda;
 use burn::backend::cuda::CudaDevice;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use clap::Parser;
 use dit_attention::combined::{CombinedAttentionConfig, HeadChoice};
 use dit_attention::dynamic::{DynamicSparseAttentionConfig, ThresholdSchedule, Thresholds};
 use dit_attention::{AttentionOptions, CallPosition, Canvas, TextSpec};
+use timing::{Res, time_ms};
 
 #[derive(Parser)]
 struct Args {
@@ -44,12 +45,6 @@ struct Args {
 }
 
 type B = Cuda<f32, i32>;
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// `[n, d]` features: per token, `sqrt(2) cos(w_j . (t, h, w) + phi_j)` with frequencies of about
 /// one radian per three tokens (text tokens: random phases only), seeded.
@@ -82,20 +77,7 @@ fn local_features(canvas: Canvas, text: usize, d: usize) -> Vec<f32> {
 fn main() -> Res<()> {
     let args = Args::parse();
     let device = CudaDevice::default();
-    let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
-    // Median of `runs` device-synchronised calls after one warm-up call.
-    let time = |f: &dyn Fn() -> Res<()>| -> Res<f64> {
-        f()?;
-        sync()?;
-        let mut times = Vec::new();
-        for _ in 0..args.runs {
-            let t = Instant::now();
-            f()?;
-            sync()?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(median(times))
-    };
+    let time = |f: &dyn Fn() -> Res<()>| time_ms(&device, args.runs, f);
     let mut shapes = vec![];
     for name in args.shapes.split(',') {
         let (batch, heads, canvas, text) = match name {

@@ -19,16 +19,17 @@
 //! ```
 
 use std::cell::RefCell;
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use burn::backend::Cuda;
 use burn::backend::cuda::CudaDevice;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor};
 use clap::Parser;
 use dit_attention::merge::reference::match_reference;
 use dit_attention::merge::{MergeAmount, MergeMode, MergeState, TokenMergeAttentionConfig, cosine_scores};
 use dit_attention::{AttentionOptions, SparseAttentionBackend, TextSpec};
+use timing::{Res, time_ms};
 
 #[derive(Parser)]
 struct Args {
@@ -48,12 +49,7 @@ struct Args {
 
 type B = Cuda<f32, i32>;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Res<()> {
     let args = Args::parse();
     let device = CudaDevice::default();
     let (batch, heads, canvas, text, d) = (2, 30, [13, 30, 45], TextSpec::before(226), 64);
@@ -61,20 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dims = [batch, heads, n, d];
     let rand = || Tensor::<B, 4>::random(dims, Distribution::Normal(0.0, 1.0), &device).cast(DType::BF16);
     let (q, k, v) = (rand(), rand(), rand());
-    let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
-    // Median of `runs` device-synchronised calls after one warm-up call.
-    let time = |f: &dyn Fn() -> Result<(), Box<dyn std::error::Error>>| -> Result<f64, Box<dyn std::error::Error>> {
-        f()?;
-        sync()?;
-        let mut times = Vec::new();
-        for _ in 0..args.runs {
-            let t = Instant::now();
-            f()?;
-            sync()?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(median(times))
-    };
+    let time = |f: &dyn Fn() -> Res<()>| time_ms(&device, args.runs, f);
     let values = |t: Tensor<B, 4>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
 
     let dense = || dit_attention::dense_attention(q.clone(), k.clone(), v.clone(), None, AttentionOptions::default());

@@ -16,15 +16,16 @@
 //! ./smart_device --out /tmp/bench   # on the GPU machine
 //! ```
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use burn::backend::Cuda;
 use burn::backend::cuda::CudaDevice;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor};
 use clap::Parser;
 use dit_attention::smart::{BandSpec, HeadClass, SmartAttentionConfig};
 use dit_attention::{AttentionOptions, TextSpec, attention_with_plan};
+use timing::{Res, time_ms};
 
 #[derive(Parser)]
 struct Args {
@@ -40,30 +41,11 @@ struct Args {
 }
 
 type B = Cuda<f32, i32>;
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() -> Res<()> {
     let args = Args::parse();
     let device = CudaDevice::default();
-    let sync = || B::sync(&device).map_err(|e| format!("{e:?}"));
-    // Median of `runs` device-synchronised calls after one warm-up call.
-    let time = |f: &dyn Fn() -> Res<()>| -> Res<f64> {
-        f()?;
-        sync()?;
-        let mut times = Vec::new();
-        for _ in 0..args.runs {
-            let t = Instant::now();
-            f()?;
-            sync()?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(median(times))
-    };
+    let time = |f: &dyn Fn() -> Res<()>| time_ms(&device, args.runs, f);
     let mut shapes = vec![];
     for name in args.shapes.split(',') {
         let (batch, heads, canvas, text) = match name {

@@ -60,6 +60,29 @@ fn check_case(case: &DynamicCase, position: Option<CallPosition>) -> Result<(), 
     Ok(())
 }
 
+/// More blocks than one engine call's value width (the masses come in chunks of key blocks,
+/// rescaled by their LSE), with text after the video and a bias: exact against the brute force.
+#[test]
+fn masses_span_several_key_chunks() {
+    let case = DynamicCase {
+        canvas: Canvas::new(5, 6, 9).unwrap(),
+        text: TextSpec::after(5),
+        block: 2,
+        samples: 2,
+        sinks: 1,
+        thresholds: Thresholds { tau: 0.7, min_ratio: 0.05, max_ratio: 0.6 },
+        seed: 9,
+        batch: 1,
+        heads: 2,
+        dims: (4, 3),
+        bias: Some([true, false]),
+        sharpness: 3.0,
+        data_seed: 5,
+    };
+    assert!(case.block_ranges().len() > 2 * 64, "{} blocks", case.block_ranges().len());
+    check_case(&case, None).unwrap();
+}
+
 proptest! {
     #![proptest_config(cases(64))]
 
@@ -152,6 +175,16 @@ fn keeping_everything_is_dense() {
     let bad = dit_attention::glue::BlockSelection { indices: sel.indices.clone().add_scalar(100), ..sel.clone() };
     let err = capped.forward_selected(q.clone(), k.clone(), v.clone(), None, &bad).unwrap_err().to_string();
     assert!(err.contains("block selection row 0"), "{err}");
+    // Repeated blocks (not strictly ascending), and a count past the key blocks.
+    let nkb = sel.indices.dims()[1];
+    assert!(ints(sel.counts.clone()).iter().any(|&c| c >= 2));
+    let repeated = dit_attention::glue::BlockSelection { indices: sel.indices.clone().zeros_like(), ..sel.clone() };
+    let too_many =
+        dit_attention::glue::BlockSelection { counts: sel.counts.clone().add_scalar(nkb as i64), ..sel.clone() };
+    for bad in [repeated, too_many] {
+        let err = capped.forward_selected(q.clone(), k.clone(), v.clone(), None, &bad).unwrap_err().to_string();
+        assert!(err.contains("block selection row"), "{err}");
+    }
     let good = capped.forward_selected(q.clone(), k.clone(), v.clone(), None, &sel).unwrap();
     assert!(good.output.dims() == [b, h, n, 5]);
     // Every block kept through the selection (max ratio 1, tiny sinks): also dense.

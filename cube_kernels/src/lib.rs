@@ -9,5 +9,7 @@
 pub mod attention;
 pub mod dynamic;
 pub mod merge;
+pub mod rank;
+pub mod stats;
 
 pub use cubecl;

@@ -230,7 +230,9 @@ impl CombinedAttention {
                 continue;
             }
             let idx = index_tensor::<B>(members.iter().copied(), &device);
-            let pick = |x: &Tensor<B, 4>| x.clone().select(1, idx.clone());
+            // Every head in one class (the common case): no copies.
+            let all = members.len() == b * h;
+            let pick = |x: &Tensor<B, 4>| if all { x.clone() } else { x.clone().select(1, idx.clone()) };
             let (out, lse): (Tensor<B, 4>, Tensor<B, 3>) = match choice {
                 HeadChoice::Pattern => {
                     let out = self.geometry.forward(pick(&q), pick(&k), pick(&v), &stats, &members, scale)?;
@@ -250,6 +252,11 @@ impl CombinedAttention {
             outputs.push(out);
             lses.push(lse);
             order.extend(members);
+        }
+        if outputs.len() == 1 {
+            let (output, lse) = (outputs.remove(0), lses.remove(0));
+            let (output, lse) = (output.reshape([b, h, n, dv]), lse.reshape([b, h, n]));
+            return Ok(CombinedOutput { output, lse, heads, stats: Some(stats), density });
         }
         // `order[j]` is the head at position j of the concatenation; invert it.
         let mut back = vec![0; b * h];

@@ -12,3 +12,4 @@ mod pattern;
 
 pub use attention::{CombinedAttention, CombinedAttentionConfig, CombinedOutput, HeadChoice};
 pub use pattern::PatternStats;
+pub(crate) use pattern::top_sum_reference;

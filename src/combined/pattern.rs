@@ -49,9 +49,9 @@ impl PatternStats {
 }
 
 /// Sum of the `m` largest values of each row of `x [r, n]` (probabilities, in `[0, 1]`), from a
-/// bisection on a threshold (40 halvings: within `2^-39 m` of the sorted sum; burn's sort reads
-/// back to the host).
-fn top_sum<B: Backend>(x: Tensor<B, 2>, m: usize) -> Tensor<B, 1> {
+/// bisection on a threshold with burn ops (40 halvings: within `2^-39 m` of the sorted sum;
+/// burn's sort reads back to the host). The CubeCL backends run one kernel instead.
+pub(crate) fn top_sum_reference<B: Backend>(x: Tensor<B, 2>, m: usize) -> Tensor<B, 1> {
     let [r, n] = x.dims();
     let opts = (&x.device(), x.dtype());
     // count(x >= lo) >= m and count(x >= hi) < m throughout.
@@ -122,7 +122,8 @@ impl PatternGeometry {
         let [_, p, n, _] = q.dims();
         let (t, hw, s) = (self.frames, self.frame_len, spatial.len());
         let idx = index_tensor::<B>(self.sampled_rows(spatial), &q.device());
-        let scores = q.clone().select(2, idx).mul_scalar(scale).matmul(k.clone().swap_dims(2, 3));
+        // Statistics only: no gradient flows through them.
+        let scores = q.clone().detach().select(2, idx).mul_scalar(scale).matmul(k.clone().detach().swap_dims(2, 3));
         // In f32 at least: half-precision probabilities lose the small masses.
         let scores = match scores.dtype() {
             DType::F16 | DType::BF16 => scores.cast(DType::F32),
@@ -140,13 +141,13 @@ impl PatternGeometry {
         let mass = Tensor::cat(vec![frame_mass.clone(), text_mass], 2).reshape([p, t, s, t + 1]).mean_dim(2);
         // Top keys of frame-0 sampled queries.
         let top = ((top_fraction * n as f64).ceil() as usize).clamp(1, n);
-        let top_mass = top_sum(probs.narrow(1, 0, s).reshape([p * s, n]), top).reshape([p, s]).mean_dim(1);
-        // Per key frame, the sampled rows of each query frame normalised within it, flattened.
-        let within = video / frame_mass.clamp_min(1e-30).unsqueeze_dim::<4>(3);
-        let x = within.reshape([p, t, s, t, hw]).permute([0, 3, 1, 2, 4]).reshape([p * t, t, s * hw]);
-        let norm = x.clone().powi_scalar(2).sum_dim(2).sqrt().clamp_min(1e-30);
-        let x = x / norm;
-        let gram = x.clone().matmul(x.swap_dims(1, 2)).reshape([p, t * t * t]).sum_dim(1);
+        let top_mass = B::top_sum(probs.narrow(1, 0, s).reshape([p * s, n]), top).reshape([p, s]).mean_dim(1);
+        // Per key frame i, the sampled rows of each query frame j normalised within frame i,
+        // flattened over (sampled row, key) and scaled to unit length: x[i][j]. The sum of the
+        // cosines over all (j, j') is |sum_j x[i][j]|^2, so no Gram matrix is formed.
+        let within = (video / frame_mass.clamp_min(1e-30).unsqueeze_dim::<4>(3)).reshape([p, t, s, t, hw]);
+        let norm = within.clone().powi_scalar(2).sum_dim(4).sum_dim(2).sqrt().clamp_min(1e-30);
+        let gram = (within / norm).sum_dim(1).powi_scalar(2).reshape([p, s * t * hw]).sum_dim(1);
         let values =
             to_f64_vec(Tensor::cat(vec![mass.reshape([p * t * (t + 1)]), top_mass.reshape([p]), gram.reshape([p])], 0));
         let (mass, rest) = values.split_at(p * t * (t + 1));

@@ -4,15 +4,16 @@ use std::sync::Arc;
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use dit_attention_kernels::dynamic::SelectJob;
 
+use super::masses::block_masses;
 use super::schedule::{ThresholdSchedule, Thresholds};
 use super::select::{BlockBudget, sample_positions};
 use crate::attention::{CallPosition, attention_with_plan, check_backend};
 use crate::canvas::{Canvas, TextSpec, TokenOrder, VideoLayout};
 use crate::error::DitAttentionError;
-use crate::glue::{BlockLists, BlockSelection, SparseAttentionBackend, index_tensor, unwrap, wrap};
+use crate::glue::{BlockLists, BlockSelection, SparseAttentionBackend, index_tensor, to_f64_vec, unwrap, wrap};
 use crate::mask::{BlockLayout, BlockPartition};
 use crate::plan::KernelPlan;
 use crate::reference::{AttentionOptions, AttentionOutput, check_qkv};
@@ -108,38 +109,32 @@ pub struct DynamicOutput<B: SparseAttentionBackend> {
 }
 
 impl<B: SparseAttentionBackend> DynamicOutput<B> {
-    /// Fraction of query-key pairs computed, over every (batch, head) (reads the kept blocks
-    /// back from the device).
+    /// Fraction of query-key pairs computed, over every (batch, head).
     pub fn density(&self) -> f64 {
         let per_head = self.head_densities();
         per_head.iter().sum::<f64>() / per_head.len() as f64
     }
 
-    /// Fraction of query-key pairs computed per (batch, head), row-major `[b * h]` (reads the
-    /// kept blocks back); all 1 when the call ran dense.
+    /// Fraction of query-key pairs computed per (batch, head), row-major `[b * h]`, counted on
+    /// the device (one value per head read back); all 1 when the call ran dense.
     pub fn head_densities(&self) -> Vec<f64> {
         let Some(sel) = &self.selection else {
             let [b, h, _, _] = self.output.dims();
             return vec![1.0; b * h];
         };
         let nb = self.blocks.len();
-        let counts: Vec<i64> = sel.counts.clone().into_data().iter::<i64>().collect();
-        let indices: Vec<i64> = sel.indices.clone().into_data().iter::<i64>().collect();
-        let len = |b: usize| self.blocks.range(b).len() as f64;
+        let rows = sel.counts.dims()[0];
+        let device = sel.counts.device();
+        let len = |b: usize| self.blocks.range(b).len();
+        // Tokens per key block, and 0 for the padding index `nb`.
+        let lens: Vec<i64> = (0..nb).map(|b| len(b) as i64).chain([0]).collect();
+        let lens = Tensor::<B, 1, Int>::from_data(TensorData::new(lens, [nb + 1]), &device);
+        let keys = lens.select(0, sel.indices.clone().reshape([rows * nb])).reshape([rows, nb]).sum_dim(1).float();
+        let q_lens: Vec<f32> = (0..nb).map(|b| len(b) as f32).collect();
+        let q_lens = Tensor::<B, 2>::from_data(TensorData::new(q_lens, [1, nb]), &device);
+        let pairs = (keys.reshape([rows / nb, nb]) * q_lens).sum_dim(1);
         let n = self.blocks.layout().seq_len() as f64;
-        counts
-            .chunks(nb)
-            .enumerate()
-            .map(|(bh, rows)| {
-                let mut pairs = 0.0;
-                for (qb, &c) in rows.iter().enumerate() {
-                    let r = bh * nb + qb;
-                    let keys: f64 = indices[r * nb..r * nb + c as usize].iter().map(|&j| len(j as usize)).sum();
-                    pairs += len(qb) * keys;
-                }
-                pairs / (n * n)
-            })
-            .collect()
+        to_f64_vec(pairs.reshape([rows / nb])).into_iter().map(|p| p / (n * n)).collect()
     }
 }
 
@@ -211,29 +206,24 @@ impl DynamicSparseAttention {
             )));
         }
 
-        // Scaled scores of the sampled tokens (the scale applied to the few sampled queries, in
-        // the input precision, before the matmul).
+        // Masses from the sampled tokens (no gradient flows into the selection).
         let s = self.config.samples;
         let nb = p.blocks.len();
         let idx = index_tensor::<B>(self.sampled_positions(position), &q.device());
-        let (qs, ks) = (q.clone().select(2, idx.clone()).mul_scalar(scale), k.clone().select(2, idx.clone()));
-        let mut scores = qs.matmul(ks.swap_dims(2, 3));
-        if let Some(bias) = bias {
-            scores = scores + bias.clone().cast(q.dtype()).select(2, idx).unsqueeze_dim::<4>(2);
-        }
+        let (qs, ks) = (q.clone().detach().select(2, idx.clone()), k.clone().detach().select(2, idx.clone()));
+        let bias = bias.map(|x| x.clone().detach().select(2, idx));
+        let masses = block_masses(qs, ks, bias, s, scale)?;
         let budget = self.budget(thresholds);
         let job = SelectJob {
             bh: b * h,
             nqb: nb,
             nkb: nb,
-            samples: s,
-            scale: 1.0,
             tau: thresholds.tau as f32,
             k_min: budget.k_min,
             k_max: budget.k_max,
             sinks: budget.sinks,
         };
-        Ok((thresholds, Some(B::dynamic_select(scores.reshape([b * h, nb * s, nb * s]), &job))))
+        Ok((thresholds, Some(B::dynamic_select(masses, &job))))
     }
 
     /// Attention output (a call outside any schedule: step 0's thresholds).
@@ -340,8 +330,33 @@ impl DynamicSparseAttention {
 }
 
 /// A selection from elsewhere lists, per row, at most `nkb` key blocks, strictly ascending and
-/// below `nkb` (the kernels index with them unchecked). Reads the lists back.
+/// below `nkb` (the kernels index with them unchecked). Checked on the device with one scalar
+/// read back; the lists are read back only to name a bad row.
 fn check_selection<B: SparseAttentionBackend>(selection: &BlockSelection<B>, nkb: usize) -> crate::Result<()> {
+    let (counts, indices) = (selection.counts.clone(), selection.indices.clone());
+    let rows = counts.dims()[0];
+    if rows == 0 || nkb == 0 {
+        return check_selection_rows(selection, nkb);
+    }
+    let n = nkb as i64;
+    let bad_count = counts.clone().lower_elem(0).bool_or(counts.clone().greater_elem(n));
+    let pos = Tensor::<B, 1, Int>::arange(0..n, &counts.device()).unsqueeze::<2>().expand([rows, nkb]);
+    let live = pos.lower(counts.unsqueeze_dim::<2>(1).expand([rows, nkb]));
+    let out_of_range = indices.clone().lower_elem(0).bool_or(indices.clone().greater_equal_elem(n));
+    let mut bad = bad_count.int().sum() + live.clone().bool_and(out_of_range).int().sum();
+    if nkb > 1 {
+        let (earlier, later) = (indices.clone().narrow(1, 0, nkb - 1), indices.narrow(1, 1, nkb - 1));
+        let not_ascending = later.lower_equal(earlier);
+        bad = bad + live.narrow(1, 1, nkb - 1).bool_and(not_ascending).int().sum();
+    }
+    if bad.into_scalar().elem::<i64>() == 0 {
+        return Ok(());
+    }
+    check_selection_rows(selection, nkb)
+}
+
+/// The host check of every row, naming the first bad one.
+fn check_selection_rows<B: SparseAttentionBackend>(selection: &BlockSelection<B>, nkb: usize) -> crate::Result<()> {
     let counts: Vec<i64> = selection.counts.clone().into_data().iter::<i64>().collect();
     let indices: Vec<i64> = selection.indices.clone().into_data().iter::<i64>().collect();
     for (r, &c) in counts.iter().enumerate() {

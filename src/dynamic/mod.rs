@@ -8,11 +8,13 @@
 //! - [`select_blocks`]: the selection rule on one row of masses (the kernels' contract);
 //! - [`sample_positions`]: the sampled tokens of every block.
 //!
-//! On the CubeCL backends the masses and the selection run in one kernel per (batch-head, query
-//! block) (`dit_attention_kernels::dynamic`), and the attention reads the kept blocks where the
-//! kernel wrote them; the scores of the sampled tokens come from one matmul.
+//! The masses come from the attention engine over the sampled tokens (values = one-hot block
+//! membership, so no score matrix is written). On the CubeCL backends the selection runs as one
+//! kernel per (batch-head, query block) (`dit_attention_kernels::dynamic`), and the attention
+//! reads the kept blocks where the kernel wrote them.
 
 mod attention;
+mod masses;
 mod schedule;
 mod select;
 

@@ -90,13 +90,10 @@ pub fn sample_positions(blocks: &BlockLayout, samples: usize, seed: u64) -> Vec<
     out
 }
 
-/// The selection from burn tensor ops and a host replay of [`select_blocks`] (any backend):
-/// `scores [bh, nqb * s, nkb * s]`.
-pub(crate) fn select_reference<B: Backend>(scores: Tensor<B, 3>, job: &SelectJob) -> BlockSelection<B> {
-    let SelectJob { bh, nqb, nkb, samples: s, .. } = *job;
-    let device = scores.device();
-    let p = burn::tensor::activation::softmax(scores.mul_scalar(job.scale), 2);
-    let masses: Tensor<B, 3> = p.reshape([bh, nqb, s, nkb, s]).sum_dim(4).sum_dim(2).reshape([bh, nqb, nkb]);
+/// The selection by a host replay of [`select_blocks`] (any backend): `masses [bh, nqb, nkb]`.
+pub(crate) fn select_reference<B: Backend>(masses: Tensor<B, 3>, job: &SelectJob) -> BlockSelection<B> {
+    let SelectJob { bh, nqb, nkb, .. } = *job;
+    let device = masses.device();
     let values: Vec<f32> = masses.clone().into_data().iter::<f32>().collect();
     let budget = BlockBudget { k_min: job.k_min, k_max: job.k_max, sinks: job.sinks };
     let (mut counts, mut indices) = (Vec::with_capacity(bh * nqb), Vec::with_capacity(bh * nqb * nkb));

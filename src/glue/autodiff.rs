@@ -133,13 +133,13 @@ impl<B: SparseAttentionBackend, C: CheckpointStrategy> SparseAttentionBackend fo
 
     // The selection has no gradient: it runs on the inner backend. The attention over its
     // lists keeps the default (a block map read back, then the tracked forward above).
-    fn dynamic_select(scores: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
-        let inner = B::dynamic_select(scores.inner(), job);
-        BlockSelection {
-            masses: Tensor::from_inner(inner.masses),
-            counts: Tensor::from_inner(inner.counts),
-            indices: Tensor::from_inner(inner.indices),
-        }
+    fn dynamic_select(masses: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
+        let inner = B::dynamic_select(masses.clone().inner(), job);
+        BlockSelection { masses, counts: Tensor::from_inner(inner.counts), indices: Tensor::from_inner(inner.indices) }
+    }
+
+    fn top_sum(x: Tensor<Self, 2>, m: usize) -> Tensor<Self, 1> {
+        Tensor::from_inner(B::top_sum(x.inner(), m))
     }
 
     fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use dit_attention_kernels::dynamic::SelectJob;
 
+use crate::combined::top_sum_reference;
 use crate::dynamic::select_reference;
 use crate::error::Result;
 use crate::mask::{BlockKind, BlockLayout, BlockMap};
@@ -52,11 +53,17 @@ pub trait SparseAttentionBackend: Backend {
         reference_forward::<Self>(q, k, v, bias, plan)
     }
 
-    /// Dynamic block-sparse attention: each key block's estimated mass and the kept key blocks
-    /// of every (batch-head, query block), from the raw scores of the sampled tokens
-    /// `[bh, nqb * s, nkb * s]` (see [`crate::dynamic::select_blocks`] for the rule). No gradient.
-    fn dynamic_select(scores: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
-        select_reference(scores, job)
+    /// Dynamic block-sparse attention: the kept key blocks of every (batch-head, query block)
+    /// from its estimated masses `[bh, nqb, nkb]` (see [`crate::dynamic::select_blocks`] for the
+    /// rule); the selection holds the masses given. No gradient.
+    fn dynamic_select(masses: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
+        select_reference(masses, job)
+    }
+
+    /// Sum of the `m` largest values of each row of `x [r, n]` (`1 <= m <= n`), in x's dtype:
+    /// the sparsity statistic of Combined attention. No gradient.
+    fn top_sum(x: Tensor<Self, 2>, m: usize) -> Tensor<Self, 1> {
+        top_sum_reference(x, m)
     }
 
     /// Attention over per-(batch-head) key-block lists (every listed block full), e.g. from

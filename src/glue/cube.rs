@@ -105,8 +105,8 @@ where
         launch_forward(q, k, v, bias, elem.expect("checked above"), plan.kernel_arrays(), plan.scale())
     }
 
-    fn dynamic_select(scores: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
-        super::cube_dynamic::select(scores, job)
+    fn dynamic_select(masses: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
+        super::cube_dynamic::select(masses, job)
     }
 
     fn sparse_attention_forward_lists(
@@ -117,6 +117,10 @@ where
         lists: &BlockLists<Self>,
     ) -> (CubeTensor<R>, CubeTensor<R>) {
         super::cube_dynamic::forward_lists(q, k, v, bias, lists)
+    }
+
+    fn top_sum(x: Tensor<Self, 2>, m: usize) -> Tensor<Self, 1> {
+        super::cube_dynamic::top_sum(x, m)
     }
 
     fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {

@@ -1,49 +1,41 @@
-//! Dynamic block-sparse attention on CubeCL backends: the selection kernel, and the forward
-//! kernel reading the kept blocks where the selection wrote them.
+//! Dynamic block-sparse and Combined attention on CubeCL backends: the selection kernel, the
+//! forward kernel reading the kept blocks where the selection wrote them, and the top-mass
+//! statistic.
 
 use burn::tensor::{DType, Int, Shape, Tensor};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous};
-use dit_attention_kernels::attention::{BlockMapArrays, KernelElem, KeyBlocks};
+use dit_attention_kernels::attention::{BlockMapArrays, KeyBlocks};
 use dit_attention_kernels::dynamic::{SelectJob, launch_select, select_fits};
+use dit_attention_kernels::stats::launch_top_sum;
 
 use super::backend::{BlockLists, BlockSelection, SparseAttentionBackend, unwrap, wrap};
 use super::cube::{kernel_elem, launch_forward};
+use crate::combined::top_sum_reference;
 use crate::dynamic::select_reference;
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
-/// The selection kernel where the runtime takes it, the reference otherwise; masses in f32.
+/// The selection kernel where the runtime takes the row length, the host replay otherwise.
 pub(super) fn select<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
-    scores: Tensor<Cube<R, F, I, BT>, 3>,
+    masses: Tensor<Cube<R, F, I, BT>, 3>,
     job: &SelectJob,
 ) -> BlockSelection<Cube<R, F, I, BT>> {
-    let client = R::client(&scores.device());
-    let elem = kernel_elem(scores.dtype()).filter(|e| e.supported(&client));
-    let fits = select_fits(&client, job.nkb, job.samples) && job.nqb <= 65_535 && job.bh <= 65_535;
-    let Some(elem) = elem.filter(|_| fits && job.nkb > 0) else {
-        let sel = select_reference(scores, job);
-        return BlockSelection { masses: sel.masses.cast(DType::F32), ..sel };
-    };
-    let s: CubeTensor<R> = into_contiguous(unwrap(scores));
-    let h = s.handle.clone();
-    let out = match elem {
-        KernelElem::F32 => launch_select::<R, f32, I>(&s.client, h, *job),
-        KernelElem::F16 => launch_select::<R, burn::tensor::f16, I>(&s.client, h, *job),
-        KernelElem::BF16 => launch_select::<R, burn::tensor::bf16, I>(&s.client, h, *job),
-    };
+    let client = R::client(&masses.device());
+    let fits = select_fits(&client, job.nkb) && job.nqb <= 65_535 && job.bh <= 65_535;
+    if !fits || job.nkb == 0 {
+        return select_reference(masses, job);
+    }
+    let m: CubeTensor<R> = into_contiguous(unwrap(masses.clone().cast(DType::F32)));
+    let out = launch_select::<R, I>(&m.client, m.handle.clone(), *job);
     let rows = job.bh * job.nqb;
-    let tensor = |handle, shape: Vec<usize>, dtype| {
-        CubeTensor::new_contiguous(s.client.clone(), s.device.clone(), Shape::from(shape), handle, dtype)
+    let tensor = |handle, shape: Vec<usize>| {
+        CubeTensor::new_contiguous(m.client.clone(), m.device.clone(), Shape::from(shape), handle, I::dtype())
     };
     BlockSelection {
-        masses: wrap(tensor(out.masses, vec![job.bh, job.nqb, job.nkb], DType::F32)),
-        counts: Tensor::<Cube<R, F, I, BT>, 1, Int>::from_primitive(tensor(out.counts, vec![rows], I::dtype())),
-        indices: Tensor::<Cube<R, F, I, BT>, 2, Int>::from_primitive(tensor(
-            out.indices,
-            vec![rows, job.nkb],
-            I::dtype(),
-        )),
+        masses,
+        counts: Tensor::<Cube<R, F, I, BT>, 1, Int>::from_primitive(tensor(out.counts, vec![rows])),
+        indices: Tensor::<Cube<R, F, I, BT>, 2, Int>::from_primitive(tensor(out.indices, vec![rows, job.nkb])),
     }
 }
 
@@ -73,4 +65,20 @@ pub(super) fn forward_lists<R: CubeRuntime, F: FloatElement, I: IntElement, BT: 
         gather: None,
     };
     launch_forward(q, k, v, bias, elem, map, lists.scale)
+}
+
+/// The top-sum kernel (in f32, the result cast back to x's dtype) where the grid takes the rows.
+pub(super) fn top_sum<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: Tensor<Cube<R, F, I, BT>, 2>,
+    m: usize,
+) -> Tensor<Cube<R, F, I, BT>, 1> {
+    let [rows, n] = x.dims();
+    if rows == 0 || rows > 65_535 || m == 0 || m > n {
+        return top_sum_reference(x, m);
+    }
+    let dtype = x.dtype();
+    let t: CubeTensor<R> = into_contiguous(unwrap(x.cast(DType::F32)));
+    let sums = launch_top_sum(&t.client, t.handle.clone(), rows, n, m);
+    let out = CubeTensor::new_contiguous(t.client.clone(), t.device.clone(), Shape::from(vec![rows]), sums, DType::F32);
+    wrap::<Cube<R, F, I, BT>, 1>(out).cast(dtype)
 }

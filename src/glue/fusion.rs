@@ -78,8 +78,8 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
         (out, lse)
     }
 
-    fn dynamic_select(scores: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
-        dynamic_select::<B>(scores, job)
+    fn dynamic_select(masses: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
+        dynamic_select::<B>(masses, job)
     }
 
     fn sparse_attention_forward_lists(
@@ -90,6 +90,10 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
         lists: &BlockLists<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         forward_lists::<B>(q, k, v, bias, lists)
+    }
+
+    fn top_sum(x: Tensor<Self, 2>, m: usize) -> Tensor<Self, 1> {
+        top_sum::<B>(x, m)
     }
 
     fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {
@@ -297,33 +301,41 @@ pub(super) fn merge_gather<B: FusionBackend + SparseAttentionBackend>(
 }
 
 fn dynamic_select<B: FusionBackend + SparseAttentionBackend>(
-    scores: Tensor<Fusion<B>, 3>,
+    masses: Tensor<Fusion<B>, 3>,
     job: &SelectJob,
 ) -> BlockSelection<Fusion<B>> {
     let job = *job;
     let rows = job.bh * job.nqb;
     let int_dtype = B::IntElem::dtype();
     let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
-        let scores = float::<B>(ins.into_iter().next().expect("one input"));
-        let sel = B::dynamic_select(Tensor::from_primitive(TensorPrimitive::Float(scores)), &job);
-        vec![
-            Prim::Float(sel.masses.cast(DType::F32).into_primitive().tensor()),
-            Prim::Int(sel.counts.into_primitive()),
-            Prim::Int(sel.indices.into_primitive()),
-        ]
+        let masses = float::<B>(ins.into_iter().next().expect("one input"));
+        let sel = B::dynamic_select(Tensor::from_primitive(TensorPrimitive::Float(masses)), &job);
+        vec![Prim::Int(sel.counts.into_primitive()), Prim::Int(sel.indices.into_primitive())]
     });
-    let outputs = vec![
-        (Kind::Float, vec![job.bh, job.nqb, job.nkb], DType::F32),
-        (Kind::Int, vec![rows], int_dtype),
-        (Kind::Int, vec![rows, job.nkb], int_dtype),
-    ];
-    let scores = scores.into_primitive().tensor();
-    let mut outs =
-        register::<B>("dit_attention::dynamic_select", vec![(Kind::Float, scores)], outputs, run).into_iter();
-    let masses = Tensor::from_primitive(TensorPrimitive::Float(outs.next().expect("3")));
-    let counts = Tensor::<Fusion<B>, 1, Int>::from_primitive(outs.next().expect("3"));
-    let indices = Tensor::<Fusion<B>, 2, Int>::from_primitive(outs.next().expect("3"));
+    let outputs = vec![(Kind::Int, vec![rows], int_dtype), (Kind::Int, vec![rows, job.nkb], int_dtype)];
+    let input = masses.clone().into_primitive().tensor();
+    let mut outs = register::<B>("dit_attention::dynamic_select", vec![(Kind::Float, input)], outputs, run).into_iter();
+    let counts = Tensor::<Fusion<B>, 1, Int>::from_primitive(outs.next().expect("2"));
+    let indices = Tensor::<Fusion<B>, 2, Int>::from_primitive(outs.next().expect("2"));
     BlockSelection { masses, counts, indices }
+}
+
+fn top_sum<B: FusionBackend + SparseAttentionBackend>(x: Tensor<Fusion<B>, 2>, m: usize) -> Tensor<Fusion<B>, 1> {
+    let [rows, _] = x.dims();
+    let dtype = x.dtype();
+    let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
+        let x = float::<B>(ins.into_iter().next().expect("one input"));
+        let sums = B::top_sum(Tensor::from_primitive(TensorPrimitive::Float(x)), m);
+        vec![Prim::Float(sums.into_primitive().tensor())]
+    });
+    let input = x.into_primitive().tensor();
+    let mut outs = register::<B>(
+        "dit_attention::top_sum",
+        vec![(Kind::Float, input)],
+        vec![(Kind::Float, vec![rows], dtype)],
+        run,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("one output")))
 }
 
 fn forward_lists<B: FusionBackend + SparseAttentionBackend>(

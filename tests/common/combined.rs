@@ -269,5 +269,52 @@ macro_rules! gpu_combined_test {
                 }
             }
         }
+
+        /// The top-sum statistic on the kernel backend against a sort on the host: rows with
+        /// ties (values from a few levels) and without, longer than a cube has units, every `m`
+        /// from 1 to the row length.
+        #[test]
+        fn top_sum_matches_a_sort() {
+            use burn::tensor::{Tensor, TensorData};
+            use dit_attention::SparseAttentionBackend;
+            use proptest::prelude::*;
+            use $crate::common::cases;
+            use $crate::common::merge::fopts;
+
+            type Fused = $fused;
+            let device = Default::default();
+            let rows = (1usize..=4, 1usize..=700, any::<bool>(), any::<u64>());
+            let mut runner = proptest::test_runner::TestRunner::new(cases(12));
+            runner
+                .run(&rows, |(r, n, ties, seed)| {
+                    let mut state = seed | 1;
+                    let mut next = || {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        (state >> 11) as f64 / (1u64 << 53) as f64
+                    };
+                    let x: Vec<f64> =
+                        (0..r * n).map(|_| if ties { (next() * 5.0).floor() / 8.0 } else { next() }).collect();
+                    let m = 1 + (next() * n as f64) as usize % n;
+                    let t = Tensor::<Fused, 2>::from_data(TensorData::new(x.clone(), [r, n]), fopts::<Fused>(&device));
+                    let got: Vec<f64> = Fused::top_sum(t, m).into_data().iter::<f64>().collect();
+                    for (i, row) in x.chunks(n).enumerate() {
+                        let mut sorted: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+                        sorted.sort_by(|a, b| b.total_cmp(a));
+                        let want: f64 = sorted[..m].iter().map(|&v| v as f64).sum();
+                        prop_assert!(
+                            (got[i] - want).abs() <= 1e-5 * want.max(1.0),
+                            "row {} m {}: {} vs {}",
+                            i,
+                            m,
+                            got[i],
+                            want
+                        );
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
     };
 }

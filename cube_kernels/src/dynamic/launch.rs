@@ -17,10 +17,6 @@ pub struct SelectJob {
     pub nqb: usize,
     /// Key blocks.
     pub nkb: usize,
-    /// Sampled tokens per block.
-    pub samples: usize,
-    /// Score scale.
-    pub scale: f32,
     /// Mass fraction to keep, in `(0, 1]`.
     pub tau: f32,
     /// Fewest key blocks kept per query block (before the sinks).
@@ -34,8 +30,6 @@ pub struct SelectJob {
 /// The selection's device buffers.
 #[derive(Debug)]
 pub struct SelectOutput {
-    /// `[bh, nqb, nkb]` f32 masses.
-    pub masses: Handle,
     /// `[bh * nqb]` kept key blocks per query block (the backend's int type).
     pub counts: Handle,
     /// `[bh * nqb, nkb]` kept key blocks, ascending, padded with `nkb`.
@@ -49,8 +43,8 @@ fn capacity(nkb: usize) -> usize {
 }
 
 /// Whether one row of `nkb` key blocks fits the device's shared memory.
-pub fn select_fits<R: Runtime>(client: &ComputeClient<R>, nkb: usize, samples: usize) -> bool {
-    let bytes = 4 * capacity(nkb) * 4 + 3 * UNITS * 4 + 2 * samples * 4 + 4;
+pub fn select_fits<R: Runtime>(client: &ComputeClient<R>, nkb: usize) -> bool {
+    let bytes = 4 * capacity(nkb) * 4 + UNITS * 4 + 4;
     bytes <= client.properties().hardware.max_shared_memory_size
 }
 
@@ -59,35 +53,31 @@ fn arr<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
     unsafe { ArrayArg::from_raw_parts(h.clone(), len.max(1)) }
 }
 
-/// Launches [`block_select`] on contiguous `scores` of element type `F`. The caller checked
+/// Launches [`block_select`] on contiguous f32 `masses [bh, nqb, nkb]`. The caller checked
 /// [`select_fits`], the grid limits (`nqb`, `bh <= 65,535`) and `nkb >= 1`.
-pub fn launch_select<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
+pub fn launch_select<R: Runtime, I: Int + CubeElement>(
     client: &ComputeClient<R>,
-    scores: Handle,
+    masses: Handle,
     job: SelectJob,
 ) -> SelectOutput {
     let rows = job.bh * job.nqb;
     let out = SelectOutput {
-        masses: client.empty(rows * job.nkb * size_of::<f32>()),
         counts: client.empty(rows * size_of::<I>()),
         indices: client.empty(rows * job.nkb * size_of::<I>()),
     };
-    block_select::launch::<F, I, R>(
+    block_select::launch::<I, R>(
         client,
         CubeCount::Static(job.nqb as u32, job.bh as u32, 1),
         CubeDim::new_1d(UNITS as u32),
-        arr(&scores, rows * job.samples * job.nkb * job.samples),
-        arr(&out.masses, rows * job.nkb),
+        arr(&masses, rows * job.nkb),
         arr(&out.counts, rows),
         arr(&out.indices, rows * job.nkb),
         job.nqb as u32,
         job.nkb as u32,
-        job.scale,
         job.tau,
         job.k_min as u32,
         job.k_max as u32,
         job.sinks as u32,
-        job.samples,
         UNITS,
         capacity(job.nkb),
     );

@@ -1,5 +1,5 @@
-//! Dynamic block-sparse attention (spec section 8): from the scores of sampled tokens, each
-//! query block's estimated mass per key block, and the key blocks it keeps.
+//! Dynamic block-sparse attention (spec section 8): from each query block's estimated mass per
+//! key block, the key blocks it keeps (the masses come from the attention engine itself).
 
 mod launch;
 mod select;

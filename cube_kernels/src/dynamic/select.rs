@@ -1,42 +1,33 @@
-//! One cube per (batch-head, query block): block masses from sampled scores, then the smallest
-//! set of key blocks holding `tau` of the mass, clamped, plus the sink blocks.
+//! One cube per (batch-head, query block): the smallest set of key blocks holding `tau` of the
+//! row's block mass, clamped, plus the sink blocks.
 
 use cubecl::prelude::*;
 
 use crate::merge::scan::inclusive_scan;
 
-/// Block masses and the kept key blocks of query block `CUBE_POS_X` of batch-head `CUBE_POS_Y`.
+/// The kept key blocks of query block `CUBE_POS_X` of batch-head `CUBE_POS_Y`, from its row of
+/// `masses [bh, nqb, nkb]` (f32, contiguous).
 ///
-/// `scores` is `[bh, nqb * samples, nkb * samples]` (contiguous): row `qb * samples + a` holds the
-/// raw scores `q_a . k_c` of query block `qb`'s sampled token `a` against every sampled key `c`
-/// (key block `c / samples`). Per sampled row, `p = softmax(scale * row)` over all sampled keys;
-/// `mass[kb] = sum over the block's rows a and its keys c of p[a, c]` (the row total is
-/// `samples`).
-///
-/// Selection, per row of masses (written to `masses [bh, nqb, nkb]`): key blocks ranked by mass,
-/// descending, the lower index first on ties (a bitonic sort in shared memory); `cum[r]` = the
-/// masses of ranks `0..=r` summed in rank order in f32, `total = cum[nkb - 1]`; `k` = the
-/// smallest count with `cum[k - 1] >= tau * total` (`nkb` if none), clamped to `[k_min, k_max]`;
-/// the first `k` ranks are kept, and so are key blocks `< sinks` (a NaN mass counts as 0); a
-/// query block `< sinks` keeps
-/// every key block. `counts [bh * nqb]` and `indices [bh * nqb, nkb]` (ascending, padded with
-/// `nkb`) take the kept blocks. The summation order is fixed so a host replay of the same masses
-/// gives the same blocks. `cap` (a power of two `>= nkb`) slots of shared memory per array.
+/// Key blocks ranked by mass, descending, the lower index first on ties (a bitonic sort in
+/// shared memory; a NaN mass counts as 0); `cum[r]` = the masses of ranks `0..=r` summed in rank
+/// order in f32, `total = cum[nkb - 1]`; `k` = the smallest count with `cum[k - 1] >= tau *
+/// total` (`nkb` if none), clamped to `[k_min, k_max]`; the first `k` ranks are kept, and so are
+/// key blocks `< sinks`; a query block `< sinks` keeps every key block. `counts [bh * nqb]` and
+/// `indices [bh * nqb, nkb]` (ascending, padded with `nkb`) take the kept blocks. The summation
+/// order is fixed so a host replay of the same masses gives the same blocks. `cap` (a power of
+/// two `>= nkb`) slots of shared memory per array.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn block_select<F: Float, I: Int>(
-    scores: &Array<F>,
-    masses: &mut Array<f32>,
+pub fn block_select<I: Int>(
+    masses: &Array<f32>,
     counts: &mut Array<I>,
     indices: &mut Array<I>,
     nqb: u32,
     nkb: u32,
-    scale: f32,
     tau: f32,
     k_min: u32,
     k_max: u32,
     sinks: u32,
-    #[comptime] samples: usize,
     #[comptime] units: usize,
     #[comptime] cap: usize,
 ) {
@@ -44,13 +35,7 @@ pub fn block_select<F: Float, I: Int>(
     let bh = CUBE_POS_Y as usize;
     let u = UNIT_POS as usize;
     let n_k = nkb as usize;
-    let cols = n_k * samples;
     let row = bh * nqb as usize + qb;
-    let base = row * samples * cols;
-    let mut red_m = SharedMemory::<f32>::new(units);
-    let mut red_z = SharedMemory::<f32>::new(units);
-    let mut row_m = SharedMemory::<f32>::new(samples);
-    let mut row_z = SharedMemory::<f32>::new(samples);
     let mut key_m = SharedMemory::<f32>::new(cap);
     let mut key_i = SharedMemory::<u32>::new(cap);
     let mut cum = SharedMemory::<f32>::new(cap);
@@ -58,70 +43,18 @@ pub fn block_select<F: Float, I: Int>(
     let mut scan = SharedMemory::<u32>::new(units);
     let mut kk = SharedMemory::<u32>::new(1usize);
 
-    // Row max and normaliser of every sampled row: online per unit, then a tree over units.
-    for a in 0..samples {
-        // Below every finite f32 score; WGSL has no infinity literal.
-        let mut m = f32::new(-3.0e38);
-        let mut z = 0.0f32;
-        let mut c = u;
-        while c < cols {
-            let x = f32::cast_from(scores[base + a * cols + c]) * scale;
-            if x > m {
-                z = z * f32::exp(m - x) + 1.0;
-                m = x;
-            } else {
-                z += f32::exp(x - m);
-            }
-            c += units;
-        }
-        red_m[u] = m;
-        red_z[u] = z;
-        sync_cube();
-        let mut half = CUBE_DIM as usize / 2;
-        while half > 0usize {
-            if u < half {
-                let m1 = red_m[u];
-                let z1 = red_z[u];
-                let m2 = red_m[u + half];
-                let z2 = red_z[u + half];
-                let mut big = m1;
-                if m2 > big {
-                    big = m2;
-                }
-                red_m[u] = big;
-                red_z[u] = z1 * f32::exp(m1 - big) + z2 * f32::exp(m2 - big);
-            }
-            sync_cube();
-            half /= 2usize;
-        }
-        if u == 0usize {
-            row_m[a] = red_m[0];
-            row_z[a] = red_z[0];
-        }
-        sync_cube();
-    }
-
-    // Mass of each key block; slots past `nkb` sort last (mass -1).
+    // Slots past `nkb` sort last (mass -1).
     let mut kb = u;
     while kb < cap {
-        let mut acc = f32::new(-1.0);
+        let mut m = f32::new(-1.0);
         if kb < n_k {
-            acc = 0.0f32;
-            for a in 0..samples {
-                let m = row_m[a];
-                let inv_z = 1.0f32 / row_z[a];
-                let at = base + a * cols + kb * samples;
-                for c in 0..samples {
-                    acc += f32::exp(f32::cast_from(scores[at + c]) * scale - m) * inv_z;
-                }
-            }
+            m = masses[row * n_k + kb];
             // A NaN mass (a row of -inf or overflowing scores) counts as 0, as on the host.
-            if f32::is_nan(acc) {
-                acc = 0.0f32;
+            if f32::is_nan(m) {
+                m = 0.0f32;
             }
-            masses[row * n_k + kb] = acc;
         }
-        key_m[kb] = acc;
+        key_m[kb] = m;
         key_i[kb] = kb as u32;
         flag[kb] = 0u32;
         kb += units;

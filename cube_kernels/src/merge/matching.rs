@@ -3,6 +3,7 @@
 use cubecl::prelude::*;
 
 use super::scan::{cube_sum, inclusive_scan};
+use crate::rank::{order_key, rth_largest_key};
 
 /// "No value" in the `u32` tables (not a slot, not merged).
 pub const NONE: u32 = 0xFFFF_FFFF;
@@ -48,17 +49,6 @@ pub fn row_argmax<F: Float, I: Int>(
         best[row] = m;
         best_idx[row] = I::cast_from(at);
     }
-}
-
-/// An order-preserving map of f32 onto u32 (larger float, larger key; NaN above +inf).
-#[cube]
-fn order_key(x: f32) -> u32 {
-    let bits = u32::reinterpret(x);
-    let mut key = bits | 0x8000_0000u32;
-    if bits >= 0x8000_0000u32 {
-        key = 0xFFFF_FFFFu32 - bits;
-    }
-    key
 }
 
 /// The merge plan of one group per cube (`CUBE_DIM = units`).
@@ -138,28 +128,7 @@ pub fn merge_plan<I: Int>(
     }
 
     // The r-th largest key: the largest `lo` with at least r keys >= lo.
-    let mut lo = 0u32;
-    let mut hi = 0xFFFF_FFFFu32;
-    if r == 0 {
-        lo = hi;
-    }
-    while lo < hi {
-        let diff = hi - lo;
-        let mid = lo + diff / 2 + (diff & 1);
-        let mut c = 0u32;
-        let mut s = u;
-        while s < s_len {
-            if order_key(node_max[row + s]) >= mid {
-                c += 1;
-            }
-            s += units;
-        }
-        if cube_sum(c, &mut buf) >= r {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
+    let lo = rth_largest_key(node_max, row, s_len, r, &mut buf);
     let threshold = lo;
     let mut above = 0u32;
     let mut s = u;
