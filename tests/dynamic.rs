@@ -187,6 +187,16 @@ fn keeping_everything_is_dense() {
     }
     let good = capped.forward_selected(q.clone(), k.clone(), v.clone(), None, &sel).unwrap();
     assert!(good.output.dims() == [b, h, n, 5]);
+    // Lists in another int dtype than the device's default are checked and used alike.
+    let narrow = dit_attention::glue::BlockSelection {
+        counts: sel.counts.clone().cast(burn::tensor::DType::I32),
+        indices: sel.indices.clone().cast(burn::tensor::DType::I32),
+        ..sel.clone()
+    };
+    let same = capped.forward_selected(q.clone(), k.clone(), v.clone(), None, &narrow).unwrap();
+    assert!(rel_err(&values(same.output), &values(good.output.clone())) < 1e-12);
+    let bad = dit_attention::glue::BlockSelection { indices: narrow.indices.clone().add_scalar(100), ..narrow };
+    assert!(capped.forward_selected(q.clone(), k.clone(), v.clone(), None, &bad).is_err());
     // Every block kept through the selection (max ratio 1, tiny sinks): also dense.
     let all =
         base.with_schedule(ThresholdSchedule::Constant(Thresholds { tau: 0.999_999, min_ratio: 0.99, max_ratio: 1.0 }));

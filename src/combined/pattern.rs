@@ -141,7 +141,10 @@ impl PatternGeometry {
         let mass = Tensor::cat(vec![frame_mass.clone(), text_mass], 2).reshape([p, t, s, t + 1]).mean_dim(2);
         // Top keys of frame-0 sampled queries.
         let top = ((top_fraction * n as f64).ceil() as usize).clamp(1, n);
-        let top_mass = B::top_sum(probs.narrow(1, 0, s).reshape([p * s, n]), top).reshape([p, s]).mean_dim(1);
+        // A NaN probability (non-finite scores) counts as 0 on every backend.
+        let frame0 = probs.narrow(1, 0, s).reshape([p * s, n]);
+        let frame0 = frame0.clone().mask_fill(frame0.is_nan(), 0.0);
+        let top_mass = B::top_sum(frame0, top).reshape([p, s]).mean_dim(1);
         // Per key frame i, the sampled rows of each query frame j normalised within frame i,
         // flattened over (sampled row, key) and scaled to unit length: x[i][j]. The sum of the
         // cosines over all (j, j') is |sum_j x[i][j]|^2, so no Gram matrix is formed.

@@ -13,7 +13,7 @@ use super::select::{BlockBudget, sample_positions};
 use crate::attention::{CallPosition, attention_with_plan, check_backend};
 use crate::canvas::{Canvas, TextSpec, TokenOrder, VideoLayout};
 use crate::error::DitAttentionError;
-use crate::glue::{BlockLists, BlockSelection, SparseAttentionBackend, index_tensor, to_f64_vec, unwrap, wrap};
+use crate::glue::{BlockLists, BlockSelection, SparseAttentionBackend, index_tensor, unwrap, wrap};
 use crate::mask::{BlockLayout, BlockPartition};
 use crate::plan::KernelPlan;
 use crate::reference::{AttentionOptions, AttentionOutput, check_qkv};
@@ -116,7 +116,7 @@ impl<B: SparseAttentionBackend> DynamicOutput<B> {
     }
 
     /// Fraction of query-key pairs computed per (batch, head), row-major `[b * h]`, counted on
-    /// the device (one value per head read back); all 1 when the call ran dense.
+    /// the device (one value per query block read back); all 1 when the call ran dense.
     pub fn head_densities(&self) -> Vec<f64> {
         let Some(sel) = &self.selection else {
             let [b, h, _, _] = self.output.dims();
@@ -126,15 +126,16 @@ impl<B: SparseAttentionBackend> DynamicOutput<B> {
         let rows = sel.counts.dims()[0];
         let device = sel.counts.device();
         let len = |b: usize| self.blocks.range(b).len();
-        // Tokens per key block, and 0 for the padding index `nb`.
+        // Key tokens per row on the device (0 for the padding index `nb`); one int per row comes
+        // back, and the pairs are summed exactly on the host.
         let lens: Vec<i64> = (0..nb).map(|b| len(b) as i64).chain([0]).collect();
         let lens = Tensor::<B, 1, Int>::from_data(TensorData::new(lens, [nb + 1]), &device);
-        let keys = lens.select(0, sel.indices.clone().reshape([rows * nb])).reshape([rows, nb]).sum_dim(1).float();
-        let q_lens: Vec<f32> = (0..nb).map(|b| len(b) as f32).collect();
-        let q_lens = Tensor::<B, 2>::from_data(TensorData::new(q_lens, [1, nb]), &device);
-        let pairs = (keys.reshape([rows / nb, nb]) * q_lens).sum_dim(1);
+        let keys = lens.select(0, sel.indices.clone().reshape([rows * nb])).reshape([rows, nb]).sum_dim(1);
+        let keys: Vec<i64> = keys.into_data().iter::<i64>().collect();
         let n = self.blocks.layout().seq_len() as f64;
-        to_f64_vec(pairs.reshape([rows / nb])).into_iter().map(|p| p / (n * n)).collect()
+        keys.chunks(nb)
+            .map(|head| head.iter().enumerate().map(|(qb, &k)| len(qb) as f64 * k as f64).sum::<f64>() / (n * n))
+            .collect()
     }
 }
 
@@ -333,16 +334,17 @@ impl DynamicSparseAttention {
 /// below `nkb` (the kernels index with them unchecked). Checked on the device with one scalar
 /// read back; the lists are read back only to name a bad row.
 fn check_selection<B: SparseAttentionBackend>(selection: &BlockSelection<B>, nkb: usize) -> crate::Result<()> {
-    let (counts, indices) = (selection.counts.clone(), selection.indices.clone());
+    // Compared as floats (exact below 2^24): the lists may come in any int dtype.
+    let (counts, indices) = (selection.counts.clone().float(), selection.indices.clone().float());
     let rows = counts.dims()[0];
     if rows == 0 || nkb == 0 {
         return check_selection_rows(selection, nkb);
     }
-    let n = nkb as i64;
-    let bad_count = counts.clone().lower_elem(0).bool_or(counts.clone().greater_elem(n));
-    let pos = Tensor::<B, 1, Int>::arange(0..n, &counts.device()).unsqueeze::<2>().expand([rows, nkb]);
-    let live = pos.lower(counts.unsqueeze_dim::<2>(1).expand([rows, nkb]));
-    let out_of_range = indices.clone().lower_elem(0).bool_or(indices.clone().greater_equal_elem(n));
+    let n = nkb as f64;
+    let bad_count = counts.clone().lower_elem(0.0).bool_or(counts.clone().greater_elem(n));
+    let pos = Tensor::<B, 1, Int>::arange(0..nkb as i64, &counts.device()).float();
+    let live = pos.unsqueeze::<2>().expand([rows, nkb]).lower(counts.unsqueeze_dim::<2>(1).expand([rows, nkb]));
+    let out_of_range = indices.clone().lower_elem(0.0).bool_or(indices.clone().greater_equal_elem(n));
     let mut bad = bad_count.int().sum() + live.clone().bool_and(out_of_range).int().sum();
     if nkb > 1 {
         let (earlier, later) = (indices.clone().narrow(1, 0, nkb - 1), indices.narrow(1, 1, nkb - 1));

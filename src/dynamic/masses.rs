@@ -17,7 +17,8 @@ use crate::plan::KernelPlan;
 pub(crate) const CHUNK_BLOCKS: usize = 64;
 
 /// Masses `[b * h, nb, nb]` of `nb` blocks of `samples` sampled tokens each, in f64 for f64
-/// inputs and f32 otherwise (a NaN where a row's scores are not finite).
+/// inputs and f32 otherwise. NaN where a row has no finite softmax (every key masked, or a NaN or
+/// `+inf` score); the selection counts NaN as 0.
 ///
 /// # Shapes
 /// - qs, ks `[b, h, nb * samples, d]`, block after block; bias `[b or 1, h or 1, nb * samples]`

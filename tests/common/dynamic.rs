@@ -258,7 +258,7 @@ pub fn kept_rows(counts: &[usize], indices: &[usize], nkb: usize) -> Vec<Vec<usi
 /// Dynamic attention on a kernel backend (fused and unfused, `Autodiff`, half precision where
 /// given) against the brute force: masses, the selection replayed on the kernel's own masses,
 /// and the output over the blocks it kept. `$half`: the half dtypes the device runs; `$mass_tol`:
-/// the masses' error in f32 (burn's matmul of the sampled scores runs in TF32 on CUDA).
+/// the masses' error in f32 (the attention engine over the sampled tokens, bf16 P V on CUDA).
 #[macro_export]
 macro_rules! gpu_dynamic_suite {
     ($fused:ty, $cube:ty, $device:expr, $half:expr, $mass_tol:expr) => {
@@ -352,6 +352,37 @@ macro_rules! gpu_dynamic_suite {
                 #[test]
                 fn unfused_dynamic_attention_matches_the_brute_force(case in gpu_case()) {
                     check::<Cube>(&case, None, 2e-4)?;
+                }
+            }
+
+            /// A selection passed back in is checked on the device: a good one runs, one with
+            /// blocks out of range, repeated blocks or too many blocks is refused.
+            #[test]
+            fn foreign_selections_are_checked() {
+                use proptest::strategy::ValueTree;
+                let mut runner = proptest::test_runner::TestRunner::deterministic();
+                let case = gpu_case().new_tree(&mut runner).unwrap().current();
+                let module = case.config().init().unwrap();
+                let x = case.inputs::<Fused>(&gpu_of::<Fused>());
+                let (_, sel) = module.select(&x.q, &x.k, &x.v, x.bias.as_ref(), None).unwrap();
+                let sel = sel.expect("a sparse call");
+                let run = |s: &dit_attention::glue::BlockSelection<Fused>| {
+                    module.forward_selected(x.q.clone(), x.k.clone(), x.v.clone(), x.bias.clone(), s)
+                };
+                assert!(run(&sel).is_ok());
+                let nkb = sel.indices.dims()[1] as i64;
+                let bad = [
+                    dit_attention::glue::BlockSelection { indices: sel.indices.clone().add_scalar(nkb), ..sel.clone() },
+                    dit_attention::glue::BlockSelection {
+                        counts: sel.counts.clone().clamp_min(2),
+                        indices: sel.indices.clone().zeros_like(),
+                        ..sel.clone()
+                    },
+                    dit_attention::glue::BlockSelection { counts: sel.counts.clone().add_scalar(nkb), ..sel.clone() },
+                ];
+                for (i, s) in bad.iter().enumerate() {
+                    let err = run(s).err().map(|e| e.to_string()).unwrap_or_default();
+                    assert!(err.contains("block selection row"), "case {i}: {err}");
                 }
             }
 
