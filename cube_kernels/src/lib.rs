@@ -13,3 +13,13 @@ pub mod rank;
 pub mod stats;
 
 pub use cubecl;
+
+/// A launch argument over the first `len` elements of `handle` (at least one: empty arrays are
+/// not launchable). Callers pass the element count the handle was created with.
+pub(crate) fn array_arg<R: cubecl::Runtime>(
+    handle: &cubecl::server::Handle,
+    len: usize,
+) -> cubecl::prelude::ArrayArg<R> {
+    // SAFETY: `len` is at most the element count the handle was created with (callers' contract).
+    unsafe { cubecl::prelude::ArrayArg::from_raw_parts(handle.clone(), len.max(1)) }
+}

@@ -3,6 +3,7 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
+use crate::array_arg;
 use crate::merge::scan::cube_sum;
 use crate::rank::{order_key, rth_largest_key};
 
@@ -66,15 +67,12 @@ pub fn top_sum_rows(x: &Array<f32>, out: &mut Array<f32>, n: u32, m: u32, #[comp
 /// `rows <= 65,535` (checked by the caller). Returns `[rows]` f32 sums.
 pub fn launch_top_sum<R: Runtime>(client: &ComputeClient<R>, x: Handle, rows: usize, n: usize, m: usize) -> Handle {
     let out = client.empty(rows * size_of::<f32>());
-    // SAFETY: the lengths are the element counts the handles were created with.
-    let (x_arg, out_arg) =
-        unsafe { (ArrayArg::from_raw_parts(x, rows * n), ArrayArg::from_raw_parts(out.clone(), rows.max(1))) };
     top_sum_rows::launch::<R>(
         client,
         CubeCount::Static(rows as u32, 1, 1),
         CubeDim::new_1d(UNITS as u32),
-        x_arg,
-        out_arg,
+        array_arg(&x, rows * n),
+        array_arg(&out, rows),
         n as u32,
         m as u32,
         UNITS,

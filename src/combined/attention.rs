@@ -229,10 +229,12 @@ impl CombinedAttention {
             if members.is_empty() {
                 continue;
             }
-            let idx = index_tensor::<B>(members.iter().copied(), &device);
-            // Every head in one class (the common case): no copies.
-            let all = members.len() == b * h;
-            let pick = |x: &Tensor<B, 4>| if all { x.clone() } else { x.clone().select(1, idx.clone()) };
+            // Every head in one class (the common case): no index upload, no copies.
+            let idx = (members.len() < b * h).then(|| index_tensor::<B>(members.iter().copied(), &device));
+            let pick = |x: &Tensor<B, 4>| match &idx {
+                Some(idx) => x.clone().select(1, idx.clone()),
+                None => x.clone(),
+            };
             let (out, lse): (Tensor<B, 4>, Tensor<B, 3>) = match choice {
                 HeadChoice::Pattern => {
                     let out = self.geometry.forward(pick(&q), pick(&k), pick(&v), &stats, &members, scale)?;

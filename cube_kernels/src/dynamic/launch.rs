@@ -3,6 +3,8 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
+use crate::array_arg as arr;
+
 use super::select::block_select;
 
 /// Units per cube.
@@ -46,11 +48,6 @@ fn capacity(nkb: usize) -> usize {
 pub fn select_fits<R: Runtime>(client: &ComputeClient<R>, nkb: usize) -> bool {
     let bytes = 4 * capacity(nkb) * 4 + UNITS * 4 + 4;
     bytes <= client.properties().hardware.max_shared_memory_size
-}
-
-fn arr<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
-    // SAFETY: every length passed is the element count the handle was created with.
-    unsafe { ArrayArg::from_raw_parts(h.clone(), len.max(1)) }
 }
 
 /// Launches [`block_select`] on contiguous f32 `masses [bh, nqb, nkb]`. The caller checked

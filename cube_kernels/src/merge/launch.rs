@@ -4,6 +4,8 @@ use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
+use crate::array_arg as arr;
+
 use super::gather::{gather_rows, segment_sum};
 use super::matching::{merge_plan, row_argmax};
 
@@ -87,11 +89,6 @@ fn counter_slots(dsts: usize) -> usize {
 pub fn match_fits<R: Runtime>(client: &ComputeClient<R>, dsts: usize) -> bool {
     let bytes = (counter_slots(dsts) + 2 * PLAN_UNITS) * size_of::<u32>();
     bytes <= client.properties().hardware.max_shared_memory_size
-}
-
-fn arr<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
-    // SAFETY: every length passed is the element count the handle was created with.
-    unsafe { ArrayArg::from_raw_parts(h.clone(), len.max(1)) }
 }
 
 /// Row argmax, then the plan kernel (one cube per group). The caller checked [`match_fits`],
