@@ -16,6 +16,9 @@
 //!   the key blocks holding a fraction `tau` of them kept, [`DynamicSparseAttention`];
 //! - [`combined`]: pattern (cross-frame shared) attention and Combined attention, pattern or
 //!   dynamic per head after a dense warm-up, [`CombinedAttention`];
+//! - [`dit`]: a host video DiT whose attention is swapped by a serde schedule (by layer, step
+//!   and, for STA, head), and the STA mask search that writes such schedules;
+//! - [`rng`]: the seeded splitmix64 generator behind every sampled choice;
 //! - [`plan`]: the kernel contract (counts and key-block indices per query block);
 //! - [`canvas`]: canvases `T x H x W`, tiles, text placement, token orders;
 //! - [`permutation`]: the exact natural <-> tile-major permutation (ragged canvases included), as
@@ -54,6 +57,7 @@
 pub mod attention;
 pub mod canvas;
 pub mod combined;
+pub mod dit;
 pub mod dynamic;
 pub mod error;
 pub mod glue;
@@ -62,7 +66,7 @@ pub mod merge;
 pub mod permutation;
 pub mod plan;
 pub mod reference;
-mod rng;
+pub mod rng;
 pub mod smart;
 
 pub use attention::{
