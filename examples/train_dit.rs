@@ -34,10 +34,10 @@ struct Args {
     #[arg(long, default_value_t = 600)]
     steps: usize,
     /// Clips per step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     batch: usize,
     /// Learning rate (Adam).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 2e-3)]
     lr: f64,
     /// Frames and frame size of the clips.
     #[arg(long, default_value_t = 8)]
@@ -50,11 +50,14 @@ struct Args {
     /// Output path without extension: writes `<out>.mpk` (weights) and `<out>.json` (config).
     #[arg(long, default_value = "assets/tiny_dit")]
     out: PathBuf,
+    /// Start from the weights and config at `<out>` (a fresh optimiser, warm-up again).
+    #[arg(long)]
+    resume: bool,
 }
 
 /// The host model's config for the synthetic clips.
 fn model_config() -> VideoDitConfig {
-    VideoDitConfig::new(CHANNELS, 64, 4, 4, VOCAB).with_time_freq_dim(64)
+    VideoDitConfig::new(CHANNELS, 48, 4, 4, VOCAB).with_time_freq_dim(64)
 }
 
 /// A batch: clips, their text features, timesteps in (0, 1), noise; returns `(x_t, t, text, v)`
@@ -109,8 +112,16 @@ fn main() -> Res<()> {
     type B = Autodiff<NdArray<f32>>;
     let args = Args::parse();
     let device = Default::default();
-    let config = model_config();
-    let mut model: VideoDit<B> = config.init(&device)?;
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let (config, mut model): (VideoDitConfig, VideoDit<B>) = if args.resume {
+        let config = VideoDitConfig::load(args.out.with_extension("json"))?;
+        let model = config.init(&device)?.load_file(args.out.clone(), &recorder, &device)?;
+        (config, model)
+    } else {
+        let config = model_config();
+        let model = config.init(&device)?;
+        (config, model)
+    };
     let mut optim = AdamConfig::new().init();
     let schedule = AttentionScheduleConfig::new(VideoAttentionConfig::Dense(DenseAttentionConfig::new())).init()?;
     let mut rng = Rng::new(args.seed);
@@ -153,7 +164,6 @@ fn main() -> Res<()> {
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     trained.save_file(args.out.clone(), &recorder)?;
     config.save(args.out.with_extension("json"))?;
     println!("wrote {}.mpk and {}.json", args.out.display(), args.out.display());

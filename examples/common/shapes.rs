@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each example uses part of it
 //! Synthetic videos for the host DiT: one coloured shape per clip (square, disc, triangle or
 //! cross) that slides or spins over a dark background, seeded. The "prompt" names shape, colour
 //! and motion; its text features are one-hot words.
