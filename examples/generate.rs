@@ -24,7 +24,8 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::{Tensor, TensorData};
 use clap::Parser;
 use dit_attention::dit::{
-    AttentionContext, AttentionProbe, AttentionScheduleConfig, StaSearchConfig, VideoDit, VideoDitConfig,
+    AttentionContext, AttentionProbe, AttentionScheduleConfig, StaSearchConfig, StaWindowSchedule, VideoDit,
+    VideoDitConfig, euler_sample,
 };
 use dit_attention::{
     BlockSparseAttentionConfig, CombinedAttentionConfig, DenseAttentionConfig, DynamicSparseAttentionConfig,
@@ -57,6 +58,9 @@ struct Args {
     /// The PNG of frames, one row per variant.
     #[arg(long, default_value = "generate.png")]
     out: PathBuf,
+    /// Where the STA search writes its schedule (JSON), which the "STA searched" row then loads.
+    #[arg(long, default_value = "sta_schedule.json")]
+    sta_schedule: PathBuf,
     /// STA search tolerance (relative to the output's mean square).
     #[arg(long, default_value_t = 0.02)]
     tolerance: f64,
@@ -86,16 +90,13 @@ fn sample<B: SparseAttentionBackend>(
     }
     let device = noise.device();
     let n = noise.dims()[0];
-    let mut x = noise.clone();
     let start = Instant::now();
-    for step in 0..steps {
+    let x = euler_sample(noise.clone(), steps, |x, t, step| {
         eprint!("\r{label:<22} step {:>3}/{steps}", step + 1);
-        let (t, next) = (1.0 - step as f64 / steps as f64, 1.0 - (step + 1) as f64 / steps as f64);
         ctx.set_step(step);
         let tt = Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32; n], [n]), &device);
-        let v = model.forward(x.clone(), tt, text.clone(), &mut ctx)?;
-        x = x + v * (next - t);
-    }
+        model.forward(x, tt, text.clone(), &mut ctx)
+    })?;
     B::sync(&device).map_err(|e| format!("{e:?}"))?;
     eprintln!();
     let wall = start.elapsed().as_secs_f64();
@@ -152,6 +153,9 @@ fn write_png(path: &PathBuf, rows: &[Row], frames: usize, size: usize) -> Res<()
 fn main() -> Res<()> {
     type B = NdArray<f32>;
     let args = Args::parse();
+    if args.clips == 0 || args.steps == 0 {
+        return Err(format!("--clips and --steps must be at least 1 (got {} and {})", args.clips, args.steps).into());
+    }
     let device = Default::default();
     let config = VideoDitConfig::load(args.weights.with_extension("json")).map_err(|e| {
         format!(
@@ -196,8 +200,14 @@ fn main() -> Res<()> {
     .init()?;
     let (_, cal_noise, cal_text) = batch(args.seed + 1000, 2);
     sample(&model, &dense, &cal_noise, &cal_text, args.steps, Some(&mut search), "STA search (dense)")?;
-    let found = search.schedule()?;
-    println!("STA search: {} windows, sparsity {:.1}%", found.windows.len(), 100.0 * found.sparsity);
+    std::fs::write(&args.sta_schedule, serde_json::to_string_pretty(&search.schedule()?)?)?;
+    let found: StaWindowSchedule = serde_json::from_str(&std::fs::read_to_string(&args.sta_schedule)?)?;
+    println!(
+        "STA search: {} windows, sparsity {:.1}%, written to {}",
+        found.windows.len(),
+        100.0 * found.sparsity.unwrap_or(f64::NAN),
+        args.sta_schedule.display()
+    );
 
     let warm = (args.steps / 10).max(1);
     let uniform = |a: VideoAttentionConfig| AttentionScheduleConfig::new(a);

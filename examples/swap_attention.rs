@@ -48,6 +48,7 @@ struct SwappedAttention<B: Backend> {
     qkv: Linear<B>,
     out: Linear<B>,
     heads: usize,
+    #[module(skip)] // not part of the record: saved weights of the layer above load unchanged
     core: VideoAttention, // + the attention core, chosen by configuration
 }
 

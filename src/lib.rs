@@ -49,6 +49,12 @@
 //!   is one partial tile. NATTEN and Swin windows larger than the canvas are errors; STA windows
 //!   may exceed the tile count (the whole dimension, as the spec says).
 //! - Canvases hold fewer than 2^31 tokens (kernels index with u32).
+//! - STA mask search: the loss averages over batch, every token (text rows included) and
+//!   features; the tolerance is relative to the full output's mean square (the best loss is 0
+//!   for a covering window); "cheapest" is the fewest kept video pairs on the canvas, ties to the
+//!   lower loss; skipped steps get the smallest odd window covering every tile and count as
+//!   sparsity 0 in the overall sparsity; the JSON is one flat object with a `"sparsity"` key
+//!   beside the `"<step>_<layer>_<head>"` keys.
 //! - The LSE is f32 on the kernel backends and in the input dtype on the reference backends.
 //! - The references create every tensor in the dtype of their inputs, never in the device's
 //!   default dtype (burn keeps one default per device, shared by e.g. `NdArray<f32>` and

@@ -58,7 +58,7 @@ fn inside(shape: usize, x: f64, y: f64) -> bool {
     match shape {
         0 => x.abs() <= 0.8 && y.abs() <= 0.8,
         1 => x * x + y * y <= 1.0,
-        // Upward triangle with its centroid at the origin.
+        // Triangle with its centroid at the origin, apex at +y (downwards in image rows).
         2 => (-0.5..=1.0).contains(&y) && x.abs() <= (1.0 - y) / 3f64.sqrt(),
         _ => (x.abs() <= 0.3 && y.abs() <= 1.0) || (y.abs() <= 0.3 && x.abs() <= 1.0),
     }

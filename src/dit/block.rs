@@ -68,7 +68,7 @@ impl<B: SparseAttentionBackend> DitBlock<B> {
             q = qn.forward(q);
             k = kn.forward(k);
         }
-        let o = ctx.attend(layer, rope.apply(q), rope.apply(k), v)?;
+        let o = ctx.attend(layer, rope.apply(q)?, rope.apply(k)?, v)?;
         let o = self.out.forward(o.swap_dims(1, 2).reshape([b, n, hidden]));
         let x = x + o * gate1.unsqueeze_dim::<3>(1);
 

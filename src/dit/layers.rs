@@ -56,7 +56,7 @@ pub(crate) fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B
 }
 
 /// Sinusoidal features of timesteps in `[0, 1]` (scaled by 1000, as DiTs trained on 1000 steps):
-/// `dim / 2` cosines then `dim / 2` sines at periods from 1 to 10000.
+/// `dim / 2` cosines then `dim / 2` sines at angular frequencies from 1 down to 1/10000.
 ///
 /// # Shapes
 /// - t `[b]`, output `[b, dim]`

@@ -7,7 +7,8 @@
 //! - [`AttentionScheduleConfig`] (serde) -> [`AttentionSchedule`]: a [`VideoAttentionConfig`]
 //!   per layer and denoising step (per head for STA windows), each distinct one prepared once;
 //! - [`AttentionContext`]: one run under a schedule (step, token-merging state, timing, probe);
-//! - [`StaWindowSchedule`]: per-head STA windows as a mask search writes them.
+//! - [`StaWindowSchedule`]: per-head STA windows as a mask search writes them;
+//! - [`euler_sample`]: rectified-flow sampling, the convention the host model is trained on.
 //!
 //! The weights do not hold the attention: the same model runs under any schedule, which is how
 //! the variants are compared on one set of weights.
@@ -20,6 +21,7 @@ mod layers;
 mod model;
 mod patch;
 mod rope;
+mod sample;
 mod schedule;
 mod sta_search;
 
@@ -28,6 +30,7 @@ pub use config::VideoDitConfig;
 pub use model::VideoDit;
 pub use patch::{patch_canvas, patchify, unpatchify};
 pub use rope::{Rope3d, default_rope_dims};
+pub use sample::euler_sample;
 pub use schedule::{
     AttentionContext, AttentionProbe, AttentionSchedule, AttentionScheduleConfig, AttentionTiming, ScheduleRule,
     StaWindowSchedule,

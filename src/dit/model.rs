@@ -116,7 +116,7 @@ impl<B: SparseAttentionBackend> VideoDit<B> {
             (_, TextPlacement::Before) => Tensor::cat(vec![self.text_embed.forward(text), video], 1),
             (_, TextPlacement::After) => Tensor::cat(vec![video, self.text_embed.forward(text)], 1),
         };
-        let rope = Rope3d::new(canvas, text_spec, c.rope(), c.rope_theta, &x.device(), x.dtype());
+        let rope = Rope3d::new(canvas, text_spec, c.rope(), c.rope_theta, &x.device(), x.dtype())?;
         for (layer, block) in self.blocks.iter().enumerate() {
             x = block.forward(x, cond.clone(), &rope, layer, ctx)?;
         }

@@ -47,8 +47,12 @@ impl<B: Backend> Rope3d<B> {
         theta: f64,
         device: &B::Device,
         dtype: DType,
-    ) -> Self {
+    ) -> crate::Result<Self> {
         let head_dim: usize = dims.iter().sum();
+        check_rope_dims(dims, head_dim)?;
+        if !(theta.is_finite() && theta > 1.0) {
+            return Err(DitAttentionError::Invalid(format!("the rotary base must exceed 1, got {theta}")));
+        }
         let video = canvas.iter().product::<usize>();
         let n = video + text.len;
         let video_start = match text.placement {
@@ -81,15 +85,22 @@ impl<B: Backend> Rope3d<B> {
         let table = |v: Vec<f64>| {
             Tensor::<B, 2>::from_data(TensorData::new(v, [n, head_dim]).convert_dtype(dtype), (device, dtype))
         };
-        Self { cos: table(cos), sin: table(sin) }
+        Ok(Self { cos: table(cos), sin: table(sin) })
     }
 
     /// Rotates queries or keys.
     ///
     /// # Shapes
     /// - x `[b, heads, n, head_dim]`, output the same
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn apply(&self, x: Tensor<B, 4>) -> crate::Result<Tensor<B, 4>> {
         let [b, h, n, d] = x.dims();
+        if [n, d] != self.cos.dims() {
+            return Err(DitAttentionError::Invalid(format!(
+                "rotary tables are built for {:?} (tokens, head dim) but the tensor is {:?}",
+                self.cos.dims(),
+                x.dims()
+            )));
+        }
         // Pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin).
         let pairs = x.clone().reshape([b, h, n, d / 2, 2]);
         let x0 = pairs.clone().narrow(4, 0, 1);
@@ -97,6 +108,6 @@ impl<B: Backend> Rope3d<B> {
         let rotated = Tensor::cat(vec![x1.neg(), x0], 4).reshape([b, h, n, d]);
         let cos = self.cos.clone().unsqueeze::<4>();
         let sin = self.sin.clone().unsqueeze::<4>();
-        x * cos + rotated * sin
+        Ok(x * cos + rotated * sin)
     }
 }

@@ -112,14 +112,17 @@ impl AttentionScheduleConfig {
 /// Per-head windows keyed by `(step, layer)`.
 pub type WindowsByCall = BTreeMap<(usize, usize), Vec<[usize; 3]>>;
 
-/// Per-head STA windows by call, as an STA mask search writes them (spec section 6): keys
-/// `"<step>_<layer>_<head>"`, windows in tiles `[kt, kh, kw]`, and the schedule's overall sparsity.
+/// Per-head STA windows by call, as an STA mask search writes them (spec section 6). JSON is the
+/// spec's flat object: `{"<step>_<layer>_<head>": [kt, kh, kw], ..., "sparsity": s}`, windows in
+/// tiles; `sparsity` (the schedule's overall sparsity) may be absent from a file written elsewhere.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StaWindowSchedule {
-    /// `"<step>_<layer>_<head>"` -> window in tiles.
-    pub windows: BTreeMap<String, [usize; 3]>,
     /// Fraction of video query-key pairs skipped, averaged over every `(step, layer, head)`.
-    pub sparsity: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
+    /// `"<step>_<layer>_<head>"` -> window in tiles.
+    #[serde(flatten)]
+    pub windows: BTreeMap<String, [usize; 3]>,
 }
 
 impl StaWindowSchedule {
@@ -134,11 +137,18 @@ impl StaWindowSchedule {
         let mut calls: BTreeMap<(usize, usize), BTreeMap<usize, [usize; 3]>> = BTreeMap::new();
         for (key, window) in &self.windows {
             let parts: Vec<_> = key.split('_').map(str::parse::<usize>).collect();
+            // Canonical keys only: "01_0_0" and "1_0_0" would name the same head twice.
             let [Ok(step), Ok(layer), Ok(head)] = parts[..] else {
                 return Err(DitAttentionError::Invalid(format!(
                     "STA schedule key {key:?} is not \"<step>_<layer>_<head>\" with three integers"
                 )));
             };
+            if *key != Self::key(step, layer, head) {
+                return Err(DitAttentionError::Invalid(format!(
+                    "STA schedule key {key:?} is not canonical: write it {:?}",
+                    Self::key(step, layer, head)
+                )));
+            }
             calls.entry((step, layer)).or_default().insert(head, *window);
         }
         calls

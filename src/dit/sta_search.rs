@@ -104,14 +104,14 @@ impl StaSearch {
     }
 
     /// Index of the candidate chosen from per-candidate losses of one head whose full output has
-    /// mean square `energy` (sums over the same calls).
-    fn choose(&self, losses: &[f64], energy: f64) -> usize {
-        let best = losses.iter().copied().fold(f64::INFINITY, f64::min);
+    /// mean square `energy` (sums over the same calls): the cheapest that qualifies, then the lower
+    /// loss, then the first listed. `None` when no loss is a number.
+    fn choose(&self, losses: &[f64], energy: f64) -> Option<usize> {
+        let best = losses.iter().copied().filter(|l| !l.is_nan()).reduce(f64::min)?;
         let limit = best + self.config.tolerance * energy;
         (0..losses.len())
             .filter(|&c| losses[c] <= limit)
-            .min_by(|&a, &b| self.densities[a].total_cmp(&self.densities[b]))
-            .expect("the best candidate always qualifies")
+            .min_by(|&a, &b| self.densities[a].total_cmp(&self.densities[b]).then(losses[a].total_cmp(&losses[b])))
     }
 
     /// The per-head windows found, full windows for the skipped steps, and the overall sparsity.
@@ -127,7 +127,11 @@ impl StaSearch {
         for (&(step, layer), call) in &self.losses {
             for head in 0..call.sums[0].len() {
                 let losses: Vec<f64> = call.sums.iter().map(|c| c[head]).collect();
-                let chosen = self.choose(&losses, call.energy[head]);
+                let chosen = self.choose(&losses, call.energy[head]).ok_or_else(|| {
+                    DitAttentionError::Invalid(format!(
+                        "STA search: every candidate's loss is NaN at step {step} layer {layer} head {head} (the model's attention produced NaN)"
+                    ))
+                })?;
                 windows.insert(StaWindowSchedule::key(step, layer, head), self.config.candidates[chosen]);
             }
         }
@@ -148,7 +152,7 @@ impl StaSearch {
             };
             sparsity_sum += s;
         }
-        Ok(StaWindowSchedule { sparsity: sparsity_sum / windows.len() as f64, windows })
+        Ok(StaWindowSchedule { sparsity: Some(sparsity_sum / windows.len() as f64), windows })
     }
 }
 
