@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod dynamic;
+pub mod matmul;
 pub mod merge;
 pub mod rank;
 pub mod stats;

@@ -39,7 +39,7 @@ enum Which {
 #[derive(Debug)]
 struct AttentionBackward(Which);
 
-impl<B: Backend, const N: usize> Backward<B, N> for AttentionBackward {
+impl<B: SparseAttentionBackend, const N: usize> Backward<B, N> for AttentionBackward {
     type State = Arc<Saved<B>>;
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
@@ -71,7 +71,7 @@ impl<B: Backend, const N: usize> Backward<B, N> for AttentionBackward {
 }
 
 /// Records one forward output as a graph node over `N` parents.
-fn record<B: Backend, C: CheckpointStrategy, const N: usize>(
+fn record<B: SparseAttentionBackend, C: CheckpointStrategy, const N: usize>(
     parents: [&FloatTensor<Autodiff<B, C>>; N],
     which: Which,
     saved: &Arc<Saved<B>>,

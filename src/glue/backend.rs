@@ -60,6 +60,14 @@ pub trait SparseAttentionBackend: Backend {
         select_reference(masses, job)
     }
 
+    /// `a [b, h, m, k]` times `b [b, h, k, n]` (same batch dims, same float dtype): the products
+    /// of the reference backward. burn's matmul by default; CubeCL backends run a plain
+    /// bounds-checked kernel instead of burn 0.21's autotuned one, which can read past `k`
+    /// (tracel-ai/burn#5626). No gradient of its own.
+    fn checked_matmul(a: Tensor<Self, 4>, b: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        a.matmul(b)
+    }
+
     /// Sum of the `m` largest values of each row of `x [r, n]` (`1 <= m <= n`), in x's dtype:
     /// the sparsity statistic of Combined attention. No gradient.
     fn top_sum(x: Tensor<Self, 2>, m: usize) -> Tensor<Self, 1> {

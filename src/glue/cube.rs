@@ -9,6 +9,7 @@ use dit_attention_kernels::attention::{
 };
 
 use dit_attention_kernels::dynamic::SelectJob;
+use dit_attention_kernels::matmul::{launch_batched_matmul, matmul_fits};
 
 use super::backend::{
     BlockLists, BlockSelection, MergeIndices, SparseAttentionBackend, reference_forward, unwrap, wrap,
@@ -121,6 +122,10 @@ where
 
     fn top_sum(x: Tensor<Self, 2>, m: usize) -> Tensor<Self, 1> {
         super::cube_dynamic::top_sum(x, m)
+    }
+
+    fn checked_matmul(a: Tensor<Self, 4>, b: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        checked_matmul(a, b)
     }
 
     fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {
@@ -325,4 +330,21 @@ pub(crate) mod merge {
         );
         wrap(out)
     }
+}
+
+/// The bounds-checked matmul kernel where the grid and the dtype take the problem, burn's
+/// otherwise.
+fn checked_matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    a: Tensor<CubeBackend<R, F, I, BT>, 4>,
+    b: Tensor<CubeBackend<R, F, I, BT>, 4>,
+) -> Tensor<CubeBackend<R, F, I, BT>, 4> {
+    let ([b0, h, m, k], [b1, h1, k1, n]) = (a.dims(), b.dims());
+    let elem = kernel_elem(a.dtype()).filter(|_| a.dtype() == b.dtype());
+    let Some(elem) = elem.filter(|_| [b0, h, k] == [b1, h1, k1] && matmul_fits(b0 * h, m)) else {
+        return a.matmul(b);
+    };
+    let (a, b): (CubeTensor<R>, CubeTensor<R>) = (into_contiguous(unwrap(a)), into_contiguous(unwrap(b)));
+    let handle = launch_batched_matmul(&a.client, elem, a.handle.clone(), b.handle.clone(), [b0 * h, m, n, k]);
+    let out = CubeTensor::new_contiguous(a.client.clone(), a.device.clone(), Shape::from([b0, h, m, n]), handle, a.dtype);
+    wrap(out)
 }

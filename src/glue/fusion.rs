@@ -96,6 +96,10 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
         top_sum::<B>(x, m)
     }
 
+    fn checked_matmul(a: Tensor<Self, 4>, b: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        checked_matmul::<B>(a, b)
+    }
+
     fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {
         B::merge_kernels_apply(device, layout, groups, dtype)
     }
@@ -371,4 +375,20 @@ fn forward_lists<B: FusionBackend + SparseAttentionBackend>(
     let mut outs = register::<B>("dit_attention::block_list_forward", inputs, outputs, run).into_iter();
     let out = outs.next().expect("two outputs");
     (out, outs.next().expect("two outputs"))
+}
+
+fn checked_matmul<B: FusionBackend + SparseAttentionBackend>(
+    a: Tensor<Fusion<B>, 4>,
+    b: Tensor<Fusion<B>, 4>,
+) -> Tensor<Fusion<B>, 4> {
+    let ([b0, h, m, _], n) = (a.dims(), b.dims()[3]);
+    let dtype = a.dtype();
+    let run: Arc<KernelFn<B>> = Arc::new(|ins: Vec<Prim<B>>| {
+        let mut it = ins.into_iter().map(|p| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(float::<B>(p))));
+        let (a, b) = (it.next().expect("a"), it.next().expect("b"));
+        vec![Prim::Float(B::checked_matmul(a, b).into_primitive().tensor())]
+    });
+    let inputs = vec![(Kind::Float, a.into_primitive().tensor()), (Kind::Float, b.into_primitive().tensor())];
+    let mut outs = register::<B>("dit_attention::checked_matmul", inputs, vec![(Kind::Float, vec![b0, h, m, n], dtype)], run);
+    Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("one output")))
 }

@@ -7,10 +7,12 @@ use super::layout::{MergeLayout, NONE};
 use crate::glue::MergeIndices;
 
 /// A `[1, len]` int tensor of a host table, `NONE` entries as 0.
-fn table<B: Backend>(v: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
-    let data: Vec<i64> = v.iter().map(|&x| if x == NONE { 0 } else { x as i64 }).collect();
-    let n = data.len();
-    Tensor::from_data(TensorData::new(data, [1, n]), device)
+fn table<B: Backend>(v: &[u32], groups: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+    // Repeated on the host: one upload, no device op (a fused `repeat_dim` of a tiny int upload
+    // once returned float bits on wgpu).
+    let row = v.iter().map(|&x| if x == NONE { 0 } else { x as i64 });
+    let data: Vec<i64> = (0..groups).flat_map(|_| row.clone()).collect();
+    Tensor::from_data(TensorData::new(data, [groups, v.len()]), device)
 }
 
 /// Matching from the scores `[b, m, sources, >= dsts]` (spec section 5, step 3; columns past
@@ -23,11 +25,11 @@ pub fn match_reference<B: Backend>(scores: Tensor<B, 4>, layout: &MergeLayout) -
     let [b, m, sources, _] = scores.dims();
     let (groups, dsts) = (b * m, layout.dst_token.len());
     let scores = scores.slice([0..b, 0..m, 0..sources, 0..dsts]).reshape([groups, sources, dsts]);
-    let fixed_slot = table::<B>(&layout.fixed_slot, &device).repeat_dim(0, groups);
-    let fixed_kept = table::<B>(&layout.fixed_kept, &device).repeat_dim(0, groups);
     if layout.r == 0 || sources == 0 {
         return unmerged_indices(layout, groups, &device);
     }
+    let fixed_slot = table::<B>(&layout.fixed_slot, groups, &device);
+    let fixed_kept = table::<B>(&layout.fixed_kept, groups, &device);
     // Best destination: the maximum, then the lowest column holding it.
     let best = scores.clone().max_dim(2);
     let cols = Tensor::<B, 1, Int>::arange(0..dsts as i64, &device)
@@ -55,8 +57,8 @@ pub fn match_reference<B: Backend>(scores: Tensor<B, 4>, layout: &MergeLayout) -
 
 /// The tables of a plan that merges nothing (`r = 0`): every token keeps its own slot.
 pub fn unmerged_indices<B: Backend>(layout: &MergeLayout, groups: usize, device: &B::Device) -> MergeIndices<B> {
-    let fixed_slot = table::<B>(&layout.fixed_slot, device).repeat_dim(0, groups);
-    let fixed_kept = table::<B>(&layout.fixed_kept, device).repeat_dim(0, groups);
+    let fixed_slot = table::<B>(&layout.fixed_slot, groups, device);
+    let fixed_kept = table::<B>(&layout.fixed_kept, groups, device);
     let sources = layout.src_token.len();
     if sources == 0 {
         // Every video token is a destination (e.g. a single frame): the fixed tables are the

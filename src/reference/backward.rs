@@ -4,14 +4,14 @@
 //! Dense in memory (an `nq x nk` mask and probability matrix per head): for training at small
 //! shapes and for tests, not for full video sequences.
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::Tensor;
 
-use crate::glue::bool_tensor;
+use crate::glue::{SparseAttentionBackend, bool_tensor};
 use crate::plan::KernelPlan;
 
 /// Gradients of the attention inputs.
 #[derive(Debug, Clone)]
-pub struct AttentionGrads<B: Backend> {
+pub struct AttentionGrads<B: SparseAttentionBackend> {
     /// `[b, h, nq, d]`.
     pub dq: Tensor<B, 4>,
     /// `[b, h, nk, d]`.
@@ -33,7 +33,7 @@ pub struct AttentionGrads<B: Backend> {
 /// - q `[b, h, nq, d]`, k `[b, h, nk, d]`, v `[b, h, nk, dv]`, bias `[b or 1, h or 1, nk]`
 /// - output, d_out `[b, h, nq, dv]`; lse, d_lse `[b, h, nq]` (any float dtype)
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward_reference<B: Backend>(
+pub fn attention_backward_reference<B: SparseAttentionBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -50,7 +50,7 @@ pub fn attention_backward_reference<B: Backend>(
     let device = q.device();
     let scale = plan.scale();
 
-    let mut scores = q.clone().matmul(k.clone().swap_dims(2, 3)).mul_scalar(scale);
+    let mut scores = B::checked_matmul(q.clone(), k.clone().swap_dims(2, 3)).mul_scalar(scale);
     if let Some(bias) = &bias {
         scores = scores + bias.clone().unsqueeze_dim::<4>(2);
     }
@@ -72,16 +72,16 @@ pub fn attention_backward_reference<B: Backend>(
     let mut dv = Tensor::<B, 4>::zeros(v.dims(), (&device, dtype));
     if let Some(d_out) = d_out {
         let d_out = d_out.cast(dtype);
-        dv = p.clone().swap_dims(2, 3).matmul(d_out.clone());
-        let dp = d_out.clone().matmul(v.swap_dims(2, 3));
+        dv = B::checked_matmul(p.clone().swap_dims(2, 3), d_out.clone());
+        let dp = B::checked_matmul(d_out.clone(), v.swap_dims(2, 3));
         let delta = (d_out * output.cast(dtype)).sum_dim(3);
         ds = ds + p.clone() * (dp - delta);
     }
     if let Some(d_lse) = d_lse {
         ds = ds + p * d_lse.cast(dtype).unsqueeze_dim::<4>(3);
     }
-    let dq = ds.clone().matmul(k).mul_scalar(scale);
-    let dk = ds.clone().swap_dims(2, 3).matmul(q).mul_scalar(scale);
+    let dq = B::checked_matmul(ds.clone(), k).mul_scalar(scale);
+    let dk = B::checked_matmul(ds.clone().swap_dims(2, 3), q).mul_scalar(scale);
     let dbias = bias.map(|bias| {
         let bd = bias.dims();
         let mut g: Tensor<B, 3> = ds.sum_dim(2).squeeze_dim(2);
