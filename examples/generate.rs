@@ -10,6 +10,14 @@
 //!
 //! The STA row uses windows found by the STA mask search (spec section 6) on calibration prompts
 //! that are not the ones generated.
+//!
+//! `--device ndarray|wgpu|cuda` picks the backend (wgpu and cuda need the example built with that
+//! feature). `--hunyuan-blocks N` times a stack of N HunyuanVideo-width blocks (random weights, the
+//! real sequence length) with dense attention against STA, for the GPU:
+//!
+//! ```text
+//! cargo run --release --features cuda --example generate -- --device cuda --hunyuan-blocks 2
+//! ```
 
 #[path = "common/shapes.rs"]
 mod shapes;
@@ -29,15 +37,39 @@ use dit_attention::dit::{
 };
 use dit_attention::{
     BlockSparseAttentionConfig, CombinedAttentionConfig, DenseAttentionConfig, DynamicSparseAttentionConfig,
-    MergeAmount, PatternSpec, SlidingTileAttentionConfig, SmartAttentionConfig, SparseAttentionBackend,
+    KernelPlan, MergeAmount, PatternSpec, SlidingTileAttentionConfig, SmartAttentionConfig, SparseAttentionBackend,
     TokenMergeAttentionConfig, VideoAttentionConfig,
 };
 use shapes::{CHANNELS, Prompt, Rng, VOCAB, WORDS};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// The backend a run uses.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceKind {
+    /// burn's CPU backend (the burn-tensor references).
+    Ndarray,
+    /// `burn::backend::Wgpu` (the portable CubeCL kernels); needs `--features wgpu`.
+    Wgpu,
+    /// `burn::backend::Cuda` (the tensor-core kernels); needs `--features cuda`.
+    Cuda,
+}
+
 #[derive(Parser)]
 struct Args {
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Ndarray)]
+    device: DeviceKind,
+    /// Instead of the trained model: time this many HunyuanVideo-width blocks (hidden 3072, 24 heads
+    /// of 128, random weights; bf16 on cuda) at `--hunyuan-tokens`, dense against STA.
+    #[arg(long)]
+    hunyuan_blocks: Option<usize>,
+    /// Latent token grid (frames, height, width after the 1x2x2 patch) of `--hunyuan-blocks`.
+    #[arg(long, value_delimiter = ',', default_value = "30,48,80")]
+    hunyuan_tokens: Vec<usize>,
+    /// Text tokens of `--hunyuan-blocks` (after the video, as in HunyuanVideo).
+    #[arg(long, default_value_t = 256)]
+    hunyuan_text: usize,
     /// Trained weights and config, without extension (`<weights>.mpk`, `<weights>.json`).
     #[arg(long, default_value = "assets/tiny_dit")]
     weights: PathBuf,
@@ -151,12 +183,127 @@ fn write_png(path: &PathBuf, rows: &[Row], frames: usize, size: usize) -> Res<()
 }
 
 fn main() -> Res<()> {
-    type B = NdArray<f32>;
     let args = Args::parse();
     if args.clips == 0 || args.steps == 0 {
         return Err(format!("--clips and --steps must be at least 1 (got {} and {})", args.clips, args.steps).into());
     }
-    let device = Default::default();
+    match (args.device, args.hunyuan_blocks) {
+        (DeviceKind::Ndarray, None) => run::<NdArray<f32>>(&args, Default::default()),
+        (DeviceKind::Ndarray, Some(n)) => hunyuan::<NdArray<f32>>(&args, n, Default::default()),
+        #[cfg(feature = "wgpu")]
+        (DeviceKind::Wgpu, None) => run::<burn::backend::Wgpu>(&args, Default::default()),
+        #[cfg(feature = "wgpu")]
+        (DeviceKind::Wgpu, Some(n)) => hunyuan::<burn::backend::Wgpu>(&args, n, Default::default()),
+        #[cfg(feature = "cuda")]
+        (DeviceKind::Cuda, None) => run::<burn::backend::Cuda>(&args, Default::default()),
+        #[cfg(feature = "cuda")]
+        (DeviceKind::Cuda, Some(n)) => hunyuan::<burn::backend::Cuda<half::bf16>>(&args, n, Default::default()),
+        #[allow(unreachable_patterns)]
+        (other, _) => {
+            let feature = format!("{other:?}").to_lowercase();
+            Err(format!("--device {feature} needs the example built with `--features {feature}`").into())
+        }
+    }
+}
+
+/// Median of `runs` (sorted in place).
+fn median(runs: &mut [f64]) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
+/// HunyuanVideo-width blocks with random weights at the real sequence length: one denoising
+/// evaluation per step, dense attention against STA windows (tiles of 6x8x8), after a warm-up
+/// evaluation per variant. Reports the median step, its attention time and the speedups.
+fn hunyuan<B: SparseAttentionBackend>(args: &Args, blocks: usize, device: B::Device) -> Res<()> {
+    let [t, h, w]: [usize; 3] = args.hunyuan_tokens.as_slice().try_into().map_err(|_| {
+        format!("--hunyuan-tokens takes three sizes (frames, height, width), got {:?}", args.hunyuan_tokens)
+    })?;
+    // Random (not zero) gates, so that every block's attention feeds the next one.
+    let config = VideoDitConfig::hunyuan_width(blocks).with_zero_init(false);
+    config.validate()?;
+    let model: VideoDit<B> = config.init(&device)?;
+    let [pt, ph, pw] = config.patch;
+    let latent_dims = [t * pt, h * ph, w * pw];
+    let canvas = model.canvas(latent_dims)?;
+    let text = model.text_spec(args.hunyuan_text);
+    let mut rng = Rng::new(args.seed);
+    let mut normal = |shape: Vec<usize>| {
+        let values: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| rng.normal() as f32).collect();
+        TensorData::new(values, shape)
+    };
+    let latent = Tensor::<B, 5>::from_data(
+        normal(vec![1, config.channels, latent_dims[0], latent_dims[1], latent_dims[2]]),
+        &device,
+    );
+    let text_feats = Tensor::<B, 3>::from_data(normal(vec![1, args.hunyuan_text, config.text_dim]), &device);
+    let time = Tensor::<B, 1>::from_data(TensorData::new(vec![0.5f32], [1]), &device);
+    let n = (t * h * w) as f64;
+    println!(
+        "{blocks} HunyuanVideo-width blocks ({} heads x {}), {t}x{h}x{w} = {} video tokens + {} text after, {:?}",
+        config.heads,
+        config.head_dim(),
+        t * h * w,
+        args.hunyuan_text,
+        latent.dtype()
+    );
+
+    let tile = [6, 8, 8];
+    let mut variants = vec![("dense".to_string(), VideoAttentionConfig::Dense(DenseAttentionConfig::new()), 1.0)];
+    for window in [[3, 3, 3], [3, 5, 5], [5, 5, 9]] {
+        let sta = SlidingTileAttentionConfig::new(canvas, tile, vec![window]).with_text(text);
+        let density = match sta.init()?.block_map() {
+            Some(map) => KernelPlan::from_map(std::sync::Arc::new(map.clone()), 1.0).allowed_pairs(0) as f64,
+            None => (n + text.len as f64).powi(2),
+        } / (n + text.len as f64).powi(2);
+        let name = format!("STA {}x{}x{} tiles", window[0], window[1], window[2]);
+        variants.push((name, VideoAttentionConfig::SlidingTile(sta), density));
+    }
+
+    let steps = args.steps.max(3);
+    let mut rows: Vec<(String, f64, f64, f64)> = Vec::new();
+    for (name, attention, density) in variants {
+        let schedule = AttentionScheduleConfig::new(attention).init()?;
+        let (mut walls, mut attn) = (Vec::new(), Vec::new());
+        for step in 0..=steps {
+            eprint!("\r{name:<22} step {step:>3}/{steps}");
+            let mut ctx = AttentionContext::new(&schedule).with_timing();
+            B::sync(&device).map_err(|e| format!("{e:?}"))?;
+            let start = Instant::now();
+            let out = model.forward(latent.clone(), time.clone(), text_feats.clone(), &mut ctx)?;
+            B::sync(&device).map_err(|e| format!("{e:?}"))?;
+            drop(out);
+            // Step 0 compiles the kernels and fills the autotune caches.
+            if step > 0 {
+                walls.push(start.elapsed().as_secs_f64());
+                attn.push(ctx.timing().map_or(0.0, |t| t.elapsed.as_secs_f64()));
+            }
+        }
+        eprintln!();
+        rows.push((name, median(&mut walls), median(&mut attn), density));
+    }
+    let (dense_wall, dense_attn) = (rows[0].1, rows[0].2);
+    println!(
+        "\n{:<18} {:>8} {:>10} {:>10} {:>10} {:>12} {:>14}",
+        "variant", "density", "step ms", "attn ms", "attn share", "step speedup", "attn speedup"
+    );
+    for (name, wall, attention, density) in &rows {
+        println!(
+            "{:<18} {:>7.1}% {:>10.1} {:>10.1} {:>9.0}% {:>11.2}x {:>13.2}x",
+            name,
+            100.0 * density,
+            1e3 * wall,
+            1e3 * attention,
+            100.0 * attention / wall,
+            dense_wall / wall,
+            dense_attn / attention
+        );
+    }
+    println!("(median of {steps} steps after one warm-up step; attention timed with a device sync around each call)");
+    Ok(())
+}
+
+fn run<B: SparseAttentionBackend>(args: &Args, device: B::Device) -> Res<()> {
     let config = VideoDitConfig::load(args.weights.with_extension("json")).map_err(|e| {
         format!(
             "{e}: no trained weights at {} (run `cargo run --release --example train_dit` first)",

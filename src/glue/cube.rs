@@ -345,6 +345,7 @@ fn checked_matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElemen
     };
     let (a, b): (CubeTensor<R>, CubeTensor<R>) = (into_contiguous(unwrap(a)), into_contiguous(unwrap(b)));
     let handle = launch_batched_matmul(&a.client, elem, a.handle.clone(), b.handle.clone(), [b0 * h, m, n, k]);
-    let out = CubeTensor::new_contiguous(a.client.clone(), a.device.clone(), Shape::from([b0, h, m, n]), handle, a.dtype);
+    let out =
+        CubeTensor::new_contiguous(a.client.clone(), a.device.clone(), Shape::from([b0, h, m, n]), handle, a.dtype);
     wrap(out)
 }

@@ -389,6 +389,7 @@ fn checked_matmul<B: FusionBackend + SparseAttentionBackend>(
         vec![Prim::Float(B::checked_matmul(a, b).into_primitive().tensor())]
     });
     let inputs = vec![(Kind::Float, a.into_primitive().tensor()), (Kind::Float, b.into_primitive().tensor())];
-    let mut outs = register::<B>("dit_attention::checked_matmul", inputs, vec![(Kind::Float, vec![b0, h, m, n], dtype)], run);
+    let mut outs =
+        register::<B>("dit_attention::checked_matmul", inputs, vec![(Kind::Float, vec![b0, h, m, n], dtype)], run);
     Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("one output")))
 }
