@@ -381,7 +381,11 @@ fn checked_matmul<B: FusionBackend + SparseAttentionBackend>(
     a: Tensor<Fusion<B>, 4>,
     b: Tensor<Fusion<B>, 4>,
 ) -> Tensor<Fusion<B>, 4> {
-    let ([b0, h, m, _], n) = (a.dims(), b.dims()[3]);
+    let ([b0, h, m, k], [b1, h1, k1, n]) = (a.dims(), b.dims());
+    if [b0, h, k] != [b1, h1, k1] {
+        // Broadcast batch dims are outside the contract: burn's matmul takes them.
+        return a.matmul(b);
+    }
     let dtype = a.dtype();
     let run: Arc<KernelFn<B>> = Arc::new(|ins: Vec<Prim<B>>| {
         let mut it = ins.into_iter().map(|p| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(float::<B>(p))));
