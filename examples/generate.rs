@@ -61,7 +61,8 @@ struct Args {
     #[arg(long, value_enum, default_value_t = DeviceKind::Ndarray)]
     device: DeviceKind,
     /// Instead of the trained model: time this many HunyuanVideo-width blocks (hidden 3072, 24 heads
-    /// of 128, random weights; bf16 on cuda) at `--hunyuan-tokens`, dense against STA.
+    /// of 128, random weights; bf16 on cuda) at `--hunyuan-tokens`, dense against STA, over
+    /// `--steps` timed evaluations per variant (at least 3) after one warm-up.
     #[arg(long)]
     hunyuan_blocks: Option<usize>,
     /// Latent token grid (frames, height, width after the 1x2x2 patch) of `--hunyuan-blocks`.
