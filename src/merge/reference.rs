@@ -6,7 +6,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData, backend::Backend};
 use super::layout::{MergeLayout, NONE};
 use crate::glue::MergeIndices;
 
-/// A `[1, len]` int tensor of a host table, `NONE` entries as 0.
+/// A host table repeated for `groups` rows, `[groups, len]` ints, `NONE` entries as 0.
 fn table<B: Backend>(v: &[u32], groups: usize, device: &B::Device) -> Tensor<B, 2, Int> {
     // Repeated on the host: one upload, no device op (a fused `repeat_dim` of a tiny int upload
     // once returned float bits on wgpu).
@@ -65,10 +65,9 @@ pub fn unmerged_indices<B: Backend>(layout: &MergeLayout, groups: usize, device:
         // plan. (No empty tensor is ever created: some runtimes reject zero-size uploads.)
         return MergeIndices { slot_of_token: fixed_slot, kept_token: fixed_kept, members: None };
     }
-    let src_slot0 = layout.src_slot0() as i64;
-    let slots: Vec<i64> = (0..sources as i64).map(|s| src_slot0 + s).collect();
-    let slots = Tensor::<B, 2, Int>::from_data(TensorData::new(slots, [1, sources]), device);
-    assemble(layout, fixed_slot, fixed_kept, slots.repeat_dim(0, groups), None, device)
+    let src_slot0 = layout.src_slot0() as u32;
+    let slots: Vec<u32> = (0..sources as u32).map(|s| src_slot0 + s).collect();
+    assemble(layout, fixed_slot, fixed_kept, table::<B>(&slots, groups, device), None, device)
 }
 
 /// The plan's tables from the slots of the sources (`[groups, sources]`).
@@ -85,7 +84,7 @@ fn assemble<B: Backend>(
     let src_idx = Tensor::<B, 1, Int>::from_data(TensorData::new(src_idx, [sources]), device);
     let slot_of_token = fixed_slot.select_assign(1, src_idx.clone(), src_slots.clone(), IndexingUpdateOp::Add);
     // Unmerged sources write their token into their slot; merged ones add 0 to a destination's.
-    let mut tokens = src_idx.reshape([1, sources]).repeat_dim(0, groups);
+    let mut tokens = table::<B>(&layout.src_token, groups, device);
     if let Some(merged) = merged {
         tokens = tokens.mask_fill(merged, 0);
     }
