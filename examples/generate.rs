@@ -19,6 +19,8 @@
 //! cargo run --release --features cuda --example generate -- --device cuda --hunyuan-blocks 2
 //! ```
 
+#[path = "common/device.rs"]
+mod device;
 #[path = "common/shapes.rs"]
 mod shapes;
 
@@ -31,6 +33,7 @@ use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::{Tensor, TensorData};
 use clap::Parser;
+use device::{DeviceKind, not_built};
 use dit_attention::dit::{
     AttentionContext, AttentionProbe, AttentionScheduleConfig, StaSearchConfig, StaWindowSchedule, VideoDit,
     VideoDitConfig, euler_sample,
@@ -43,17 +46,6 @@ use dit_attention::{
 use shapes::{CHANNELS, Prompt, Rng, VOCAB, WORDS};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-/// The backend a run uses.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum DeviceKind {
-    /// burn's CPU backend (the burn-tensor references).
-    Ndarray,
-    /// `burn::backend::Wgpu` (the portable CubeCL kernels); needs `--features wgpu`.
-    Wgpu,
-    /// `burn::backend::Cuda` (the tensor-core kernels); needs `--features cuda`.
-    Cuda,
-}
 
 #[derive(Parser)]
 struct Args {
@@ -200,10 +192,7 @@ fn main() -> Res<()> {
         #[cfg(feature = "cuda")]
         (DeviceKind::Cuda, Some(n)) => hunyuan::<burn::backend::Cuda<half::bf16>>(&args, n, Default::default()),
         #[allow(unreachable_patterns)]
-        (other, _) => {
-            let feature = format!("{other:?}").to_lowercase();
-            Err(format!("--device {feature} needs the example built with `--features {feature}`").into())
-        }
+        (other, _) => Err(not_built(other)),
     }
 }
 

@@ -8,6 +8,8 @@
 //! The clip is its own latent (RGB, no VAE): `3 x 8 x 16 x 16` pixels, patch `1 x 2 x 2`, so the
 //! attention sees an `8 x 8 x 8` canvas plus 3 text tokens (one-hot words) after the video.
 
+#[path = "common/flow.rs"]
+mod flow;
 #[path = "common/shapes.rs"]
 mod shapes;
 
@@ -19,12 +21,11 @@ use burn::config::Config;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
-use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use clap::Parser;
 use dit_attention::dit::{AttentionContext, AttentionScheduleConfig, VideoDit, VideoDitConfig};
 use dit_attention::{DenseAttentionConfig, SparseAttentionBackend, VideoAttentionConfig};
-use shapes::{CHANNELS, Prompt, Rng, VOCAB, WORDS, render};
+use flow::batch;
+use shapes::{CHANNELS, Prompt, Rng, VOCAB};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -58,35 +59,6 @@ struct Args {
 /// The host model's config for the synthetic clips.
 fn model_config() -> VideoDitConfig {
     VideoDitConfig::new(CHANNELS, 48, 4, 4, VOCAB).with_time_freq_dim(64)
-}
-
-/// A batch: clips, their text features, timesteps in (0, 1), noise; returns `(x_t, t, text, v)`
-/// with `x_t = (1 - t) x0 + t eps` and the velocity target `v = eps - x0`.
-fn batch<B: Backend>(
-    rng: &mut Rng,
-    n: usize,
-    frames: usize,
-    size: usize,
-    device: &B::Device,
-) -> (Tensor<B, 5>, Tensor<B, 1>, Tensor<B, 3>, Tensor<B, 5>) {
-    let pixels = CHANNELS * frames * size * size;
-    let (mut x0, mut text, mut ts, mut noise) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..n {
-        let prompt = Prompt::nth(rng.next_u64() as usize);
-        x0.extend(render(prompt, rng.next_u64(), frames, size));
-        text.extend(prompt.features());
-        // Logit-normal timesteps: more weight on the middle of the path.
-        ts.push((1.0 / (1.0 + (-rng.normal()).exp())) as f32);
-        noise.extend((0..pixels).map(|_| rng.normal() as f32));
-    }
-    let shape = [n, CHANNELS, frames, size, size];
-    let x0 = Tensor::<B, 5>::from_data(TensorData::new(x0, shape), device);
-    let eps = Tensor::<B, 5>::from_data(TensorData::new(noise, shape), device);
-    let t = Tensor::<B, 1>::from_data(TensorData::new(ts, [n]), device);
-    let tb = t.clone().reshape([n, 1, 1, 1, 1]);
-    let xt = x0.clone() * (-tb.clone() + 1.0) + eps.clone() * tb;
-    let text = Tensor::<B, 3>::from_data(TensorData::new(text, [n, WORDS, VOCAB]), device);
-    (xt, t, text, eps - x0)
 }
 
 /// Mean squared velocity error of `model` on a fixed held-out batch (and of predicting zero).

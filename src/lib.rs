@@ -84,7 +84,7 @@ pub use canvas::{Canvas, TextPlacement, TextSpec, TileShape, Tiling, Token, Toke
 pub use combined::{CombinedAttention, CombinedAttentionConfig, CombinedOutput, HeadChoice};
 pub use dynamic::{DynamicOutput, DynamicSparseAttention, DynamicSparseAttentionConfig, ThresholdSchedule, Thresholds};
 pub use error::{DitAttentionError, Result};
-pub use glue::SparseAttentionBackend;
+pub use glue::{BackwardGrads, GradInputs, SparseAttentionBackend};
 pub use mask::{AttentionMask, BlockKind, BlockMap, BlockPartition, MaskStats, PatternSpec};
 pub use merge::{MergeAmount, MergeMode, MergePlan, MergeState, TokenMergeAttention, TokenMergeAttentionConfig};
 pub use permutation::{TokenPermutation, to_natural, to_tile_major};

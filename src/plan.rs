@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use dit_attention_kernels::attention::{BlockMapArrays, KeyBlocks, StaGeometry};
+use dit_attention_kernels::attention::{BlockMapArrays, KeyBlocks, StaGeometry, TransposedLists};
 
 use crate::canvas::TextPlacement;
 use crate::error::{DitAttentionError, Result};
@@ -31,6 +31,15 @@ struct PlanData {
     map_heads: usize,
     blocks: PlanBlocks,
     gather: Option<Arc<TokenPermutation>>,
+    /// Key block -> query blocks, for the backward (built on first use).
+    transposed: Arc<OnceLock<Transposed>>,
+}
+
+/// The transposed lists and the forward's mask bits their offsets point into.
+#[derive(Debug)]
+struct Transposed {
+    lists: TransposedLists,
+    bits: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +70,17 @@ fn cut(n: usize, step: usize) -> Vec<u32> {
 
 impl KernelPlan {
     fn new(q_starts: Vec<u32>, k_starts: Vec<u32>, map_heads: usize, blocks: PlanBlocks, scale: f64) -> Self {
-        Self { data: Arc::new(PlanData { q_starts, k_starts, map_heads, blocks, gather: None }), scale }
+        Self {
+            data: Arc::new(PlanData {
+                q_starts,
+                k_starts,
+                map_heads,
+                blocks,
+                gather: None,
+                transposed: Arc::new(OnceLock::new()),
+            }),
+            scale,
+        }
     }
 
     /// Every query sees every key (`q_len` queries, `k_len` keys).
@@ -183,6 +202,45 @@ impl KernelPlan {
         BlockMapArrays {
             q_starts: &d.q_starts,
             k_starts: &d.k_starts,
+            blocks,
+            map_heads: d.map_heads,
+            gather: d.gather.as_deref().map(|g| g.forward()),
+        }
+    }
+
+    /// The plan seen from the keys, as the backward's dK/dV kernel reads it: key block
+    /// boundaries first, then per key block the query blocks that visit it (with their in-block
+    /// masks); built once from the forward lists, never as a dense block matrix.
+    pub fn transposed_kernel_arrays(&self) -> BlockMapArrays<'_> {
+        let d = &self.data;
+        let blocks = match &d.blocks {
+            PlanBlocks::Dense => KeyBlocks::All,
+            PlanBlocks::Map { map, .. } | PlanBlocks::Sta { map, .. } => {
+                let t = d.transposed.get_or_init(|| {
+                    let owned;
+                    let a = match &d.blocks {
+                        PlanBlocks::Map { arrays, .. } => arrays.get_or_init(|| map_arrays(map)),
+                        _ => {
+                            owned = map_arrays(map);
+                            &owned
+                        }
+                    };
+                    let offsets = a.masks.as_ref().map(|(o, _)| &o[..]);
+                    let nkb = d.k_starts.len() - 1;
+                    let lists = TransposedLists::new(&a.counts, &a.indices, a.max_count, offsets, d.map_heads, nkb);
+                    Transposed { lists, bits: a.masks.as_ref().map(|(_, b)| b.clone()) }
+                });
+                KeyBlocks::Arrays {
+                    counts: &t.lists.counts,
+                    indices: &t.lists.indices,
+                    max_count: t.lists.max_count,
+                    masks: t.lists.mask_offsets.as_deref().zip(t.bits.as_deref()),
+                }
+            }
+        };
+        BlockMapArrays {
+            q_starts: &d.k_starts,
+            k_starts: &d.q_starts,
             blocks,
             map_heads: d.map_heads,
             gather: d.gather.as_deref().map(|g| g.forward()),

@@ -34,8 +34,57 @@ proptest! {
     }
 
     #[test]
+    fn reference_backward_equals_the_brute_force_chain_rule(
+        c in sta_case(),
+        p in common::engine::pattern_case(),
+        up in common::backward::upstream(),
+    ) {
+        common::backward::check_sta_gradients::<Ad64>(&c, up, &Default::default(), DType::F64)?;
+        common::backward::check_pattern_gradients::<Ad64>(&p, up, &Default::default(), DType::F64)?;
+    }
+
+    #[test]
     fn autodiff_gradients_equal_burns_autodiff_through_the_reference(c in sta_case(), pattern_seed in any::<u64>()) {
         gradients_match(&c, pattern_seed)?;
+    }
+}
+
+/// The gradient oracle itself against central finite differences of the f64 brute-force
+/// forward: a random mask with an empty row, a bias, both outputs in the loss.
+#[test]
+fn brute_force_gradients_equal_finite_differences() {
+    let [b, h, n, d, dv] = [1, 2, 7, 3, 2];
+    let mut rng = SeedRng::new(3);
+    let mut x: Vec<Vec<f64>> =
+        [b * h * n * d, b * h * n * d, b * h * n * dv, b * h * n].map(|len| rng.normals(len)).into();
+    let (w, u) = (rng.normals(b * h * n * dv), rng.normals(b * h * n));
+    let mask: Vec<bool> = (0..h * n * n).map(|_| rng.uniform() < 0.6).collect();
+    // Row 2 of head 0 sees no key: no gradient, a finite loss.
+    let allowed = |head: usize, i: usize, j: usize| !(head == 0 && i == 2) && (i == j || mask[(head * n + i) * n + j]);
+    let scale = 0.7;
+    let dims = [b, h, n, n, d, dv];
+    let loss = |x: &[Vec<f64>]| {
+        let (o, l) = brute_attention(&x[0], &x[1], &x[2], &x[3], dims, scale, allowed);
+        let lo: f64 = o.iter().zip(&w).map(|(a, b)| a * b).sum();
+        lo + l.iter().zip(&u).filter(|(a, _)| a.is_finite()).map(|(a, b)| a * b).sum::<f64>()
+    };
+    let grads = brute_attention_grads(&x[0], &x[1], &x[2], &x[3], dims, scale, allowed, &w, &u);
+    let step = 1e-5;
+    for t in 0..4 {
+        for i in 0..x[t].len() {
+            let keep = x[t][i];
+            x[t][i] = keep + step;
+            let up = loss(&x);
+            x[t][i] = keep - step;
+            let down = loss(&x);
+            x[t][i] = keep;
+            let fd = (up - down) / (2.0 * step);
+            assert!(
+                (fd - grads[t][i]).abs() < 1e-7,
+                "input {t} element {i}: finite difference {fd}, oracle {}",
+                grads[t][i]
+            );
+        }
     }
 }
 

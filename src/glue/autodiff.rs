@@ -1,5 +1,6 @@
-//! `Autodiff<B>`: the forward runs `B`'s kernel; gradients come from the reference composite
-//! ([`crate::reference::attention_backward_reference`]) until backward kernels replace it.
+//! `Autodiff<B>`: the forward runs `B`'s kernel and records one graph node per output; their
+//! gradients come from `B`'s backward (kernels on CubeCL backends, the reference composite
+//! elsewhere).
 
 use std::sync::Arc;
 
@@ -11,11 +12,10 @@ use burn::tensor::{DType, Tensor, backend::Backend, ops::FloatTensor};
 
 use dit_attention_kernels::dynamic::SelectJob;
 
-use super::backend::{BlockSelection, MergeIndices, SparseAttentionBackend, unwrap, wrap};
+use super::backend::{BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend};
 use crate::error::Result;
 use crate::merge::MergeLayout;
 use crate::plan::KernelPlan;
-use crate::reference::attention_backward_reference;
 
 /// What the backward needs, shared by the output's and the LSE's graph nodes.
 #[derive(Debug)]
@@ -46,22 +46,22 @@ impl<B: SparseAttentionBackend, const N: usize> Backward<B, N> for AttentionBack
         let grad = grads.consume::<B>(&ops.node);
         let s = &ops.state;
         let (d_out, d_lse) = match self.0 {
-            Which::Output => (Some(wrap::<B, 4>(grad)), None),
-            Which::Lse => (None, Some(wrap::<B, 3>(grad))),
+            Which::Output => (Some(grad), None),
+            Which::Lse => (None, Some(grad)),
         };
-        let g = attention_backward_reference(
-            wrap::<B, 4>(s.q.clone()),
-            wrap::<B, 4>(s.k.clone()),
-            wrap::<B, 4>(s.v.clone()),
-            s.bias.clone().map(wrap::<B, 3>),
-            &s.plan,
-            wrap::<B, 4>(s.out.clone()),
-            wrap::<B, 3>(s.lse.clone()),
+        let x = GradInputs {
+            q: s.q.clone(),
+            k: s.k.clone(),
+            v: s.v.clone(),
+            bias: s.bias.clone(),
+            out: s.out.clone(),
+            lse: s.lse.clone(),
             d_out,
             d_lse,
-        );
-        let mut parent_grads = vec![unwrap(g.dq), unwrap(g.dk), unwrap(g.dv)];
-        parent_grads.extend(g.dbias.map(unwrap));
+        };
+        let g = B::sparse_attention_backward(x, &s.plan);
+        let mut parent_grads = vec![g.dq, g.dk, g.dv];
+        parent_grads.extend(g.dbias);
         for (parent, grad) in ops.parents.iter().zip(parent_grads) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad);

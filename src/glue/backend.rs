@@ -14,7 +14,9 @@ use crate::mask::{BlockKind, BlockLayout, BlockMap};
 use crate::merge::MergeLayout;
 use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
 use crate::plan::KernelPlan;
-use crate::reference::{AttentionOptions, block_sparse_attention_reference, dense_attention_reference};
+use crate::reference::{
+    AttentionOptions, attention_backward_reference, block_sparse_attention_reference, dense_attention_reference,
+};
 
 /// Block-sparse attention on a burn backend.
 ///
@@ -51,6 +53,14 @@ pub trait SparseAttentionBackend: Backend {
         plan: &KernelPlan,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         reference_forward::<Self>(q, k, v, bias, plan)
+    }
+
+    /// Backward of [`sparse_attention_forward`](Self::sparse_attention_forward) from its saved
+    /// output and LSE and the upstream gradient of either or both. The burn-tensor composite
+    /// ([`crate::reference::attention_backward_reference`], dense in memory) by default;
+    /// CubeCL backends run the block-sparse backward kernels.
+    fn sparse_attention_backward(x: GradInputs<Self>, plan: &KernelPlan) -> BackwardGrads<Self> {
+        reference_backward::<Self>(x, plan)
     }
 
     /// Dynamic block-sparse attention: the kept key blocks of every (batch-head, query block)
@@ -112,6 +122,57 @@ pub trait SparseAttentionBackend: Backend {
     fn merge_gather(y: Tensor<Self, 4>, indices: &MergeIndices<Self>, layout: &MergeLayout) -> Tensor<Self, 4> {
         gather_reference(y, indices, layout)
     }
+}
+
+/// What the backward of one attention call reads: its inputs, the forward's output and LSE, and
+/// the upstream gradients (shapes as [`SparseAttentionBackend::sparse_attention_forward`]).
+#[derive(Debug, Clone)]
+pub struct GradInputs<B: Backend> {
+    /// `[b, h, nq, d]`.
+    pub q: FloatTensor<B>,
+    /// `[b, h, nk, d]`.
+    pub k: FloatTensor<B>,
+    /// `[b, h, nk, dv]`.
+    pub v: FloatTensor<B>,
+    /// `[b or 1, h or 1, nk]`.
+    pub bias: Option<FloatTensor<B>>,
+    /// The forward's output `[b, h, nq, dv]`.
+    pub out: FloatTensor<B>,
+    /// The forward's LSE `[b, h, nq]`.
+    pub lse: FloatTensor<B>,
+    /// Gradient of the output, if it has one.
+    pub d_out: Option<FloatTensor<B>>,
+    /// Gradient of the LSE (any float dtype), if it has one.
+    pub d_lse: Option<FloatTensor<B>>,
+}
+
+/// Gradients of one attention call, each in its input's shape and dtype.
+#[derive(Debug, Clone)]
+pub struct BackwardGrads<B: Backend> {
+    /// Of the queries.
+    pub dq: FloatTensor<B>,
+    /// Of the keys.
+    pub dk: FloatTensor<B>,
+    /// Of the values.
+    pub dv: FloatTensor<B>,
+    /// Of the bias, when there is one.
+    pub dbias: Option<FloatTensor<B>>,
+}
+
+/// The backward through the burn-tensor composite (any backend).
+pub fn reference_backward<B: SparseAttentionBackend>(x: GradInputs<B>, plan: &KernelPlan) -> BackwardGrads<B> {
+    let g = attention_backward_reference(
+        wrap::<B, 4>(x.q),
+        wrap::<B, 4>(x.k),
+        wrap::<B, 4>(x.v),
+        x.bias.map(wrap::<B, 3>),
+        plan,
+        wrap::<B, 4>(x.out),
+        wrap::<B, 3>(x.lse),
+        x.d_out.map(wrap::<B, 4>),
+        x.d_lse.map(wrap::<B, 3>),
+    );
+    BackwardGrads { dq: unwrap(g.dq), dk: unwrap(g.dk), dv: unwrap(g.dv), dbias: g.dbias.map(unwrap) }
 }
 
 /// A merge plan's index tables on the device (see [`crate::merge::MergeLayout`] for the slots).

@@ -5,14 +5,15 @@ use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous, tensor::CubeTensor,
 };
 use dit_attention_kernels::attention::{
-    BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, TC_ROWS, forward_elem,
+    BackwardInputs, BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, TC_ROWS, backward_elem, forward_elem,
 };
 
 use dit_attention_kernels::dynamic::SelectJob;
 use dit_attention_kernels::matmul::{launch_batched_matmul, matmul_fits};
 
 use super::backend::{
-    BlockLists, BlockSelection, MergeIndices, SparseAttentionBackend, reference_forward, unwrap, wrap,
+    BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend, reference_backward,
+    reference_forward, unwrap, wrap,
 };
 use crate::error::{DitAttentionError, Result};
 use crate::merge::MergeLayout;
@@ -68,17 +69,20 @@ where
 
     fn sparse_attention_check_plan(_device: &Self::Device, plan: &KernelPlan, batch_heads: usize) -> Result<()> {
         // One cube per (query block, chunk of the smallest row count of any path) and per
-        // (batch, head); grid dimensions are limited to 65,535 on some runtimes.
-        let largest = plan.q_starts().windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
-        let cubes = (plan.q_starts().len() - 1) * largest.div_ceil(TC_ROWS.min(64)).max(1);
-        if cubes > GRID_LIMIT || batch_heads > GRID_LIMIT {
-            return Err(DitAttentionError::Unsupported {
-                path: "CubeCL kernel".into(),
-                what: format!(
-                    "{cubes} query cubes ({} query blocks, the largest of {largest} rows) x {batch_heads} batch-heads: each must be at most {GRID_LIMIT}",
-                    plan.q_starts().len() - 1
-                ),
-            });
+        // (batch, head), and for the backward's dK/dV the same per key block; grid dimensions
+        // are limited to 65,535 on some runtimes.
+        for (what, starts) in [("query", plan.q_starts()), ("key", plan.k_starts())] {
+            let largest = starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
+            let cubes = (starts.len() - 1) * largest.div_ceil(TC_ROWS.min(64)).max(1);
+            if cubes > GRID_LIMIT || batch_heads > GRID_LIMIT {
+                return Err(DitAttentionError::Unsupported {
+                    path: "CubeCL kernel".into(),
+                    what: format!(
+                        "{cubes} {what} cubes ({} {what} blocks, the largest of {largest} rows) x {batch_heads} batch-heads: each must be at most {GRID_LIMIT}",
+                        starts.len() - 1
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -104,6 +108,13 @@ where
             return (out, unwrap(wrap::<Self, 3>(lse).cast(DType::F32)));
         }
         launch_forward(q, k, v, bias, elem.expect("checked above"), plan.kernel_arrays(), plan.scale())
+    }
+
+    fn sparse_attention_backward(x: GradInputs<Self>, plan: &KernelPlan) -> BackwardGrads<Self> {
+        match kernel_elem(x.q.dtype) {
+            Some(elem) => launch_backward(x, elem, plan),
+            None => reference_backward::<Self>(x, plan),
+        }
     }
 
     fn dynamic_select(masses: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
@@ -186,6 +197,66 @@ pub(super) fn launch_forward<R: CubeRuntime>(
         DType::F32,
     );
     (out, lse)
+}
+
+/// Runs the backward kernels over `plan` (inputs of any layout and float dtype for the LSE and
+/// its gradient); an absent upstream gradient is zero, with no buffer made for it.
+fn launch_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: GradInputs<CubeBackend<R, F, I, BT>>,
+    elem: KernelElem,
+    plan: &KernelPlan,
+) -> BackwardGrads<CubeBackend<R, F, I, BT>> {
+    type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+    let dtype = x.q.dtype;
+    let (q, k, v, out) = (into_contiguous(x.q), into_contiguous(x.k), into_contiguous(x.v), into_contiguous(x.out));
+    let qs = q.meta.shape().clone();
+    let (batch, heads, q_len, head_dim) = (qs[0], qs[1], qs[2], qs[3]);
+    let k_len = k.meta.shape()[2];
+    let value_dim = v.meta.shape()[3];
+    let device = q.device.clone();
+    let f32_contiguous = |t: CubeTensor<R>| into_contiguous(unwrap(wrap::<Cube<R, F, I, BT>, 3>(t).cast(DType::F32)));
+    let lse = f32_contiguous(x.lse);
+    let d_out = x.d_out.map(|g| into_contiguous(unwrap(wrap::<Cube<R, F, I, BT>, 4>(g).cast(dtype))));
+    let d_lse = x.d_lse.map(f32_contiguous);
+    let bias = x.bias.map(into_contiguous);
+    let bias_dims = bias.as_ref().map(|b| [b.meta.shape()[0], b.meta.shape()[1]]);
+    let bias_arg = bias.as_ref().map(|b| {
+        let batch_stride = if b.meta.shape()[0] == 1 { 0 } else { b.meta.shape()[1] * k_len };
+        let head_stride = if b.meta.shape()[1] == 1 { 0 } else { k_len };
+        (b.handle.clone(), batch_stride, head_stride)
+    });
+    let inputs = BackwardInputs {
+        q: q.handle.clone(),
+        k: k.handle.clone(),
+        v: v.handle.clone(),
+        bias: bias_arg,
+        out: out.handle.clone(),
+        lse: lse.handle.clone(),
+        d_out: d_out.as_ref().map(|t| t.handle.clone()),
+        d_lse: d_lse.as_ref().map(|t| t.handle.clone()),
+    };
+    let problem = ForwardProblem { batch, heads, q_len, k_len, head_dim, value_dim, scale: plan.scale() as f32 };
+    let g = backward_elem::<R>(&q.client, elem, inputs, plan.kernel_arrays(), plan.transposed_kernel_arrays(), problem);
+    let tensor = |handle, shape: Vec<usize>, dtype| {
+        CubeTensor::new_contiguous(q.client.clone(), device.clone(), Shape::from(shape), handle, dtype)
+    };
+    let dbias = g.dbias.zip(bias_dims).map(|(h, [b0, h0])| {
+        // Per (batch, head) sums, reduced over the bias's broadcast dims, in its dtype.
+        let mut t = wrap::<Cube<R, F, I, BT>, 3>(tensor(h, vec![batch, heads, k_len], DType::F32));
+        if b0 == 1 {
+            t = t.sum_dim(0);
+        }
+        if h0 == 1 {
+            t = t.sum_dim(1);
+        }
+        unwrap(t.cast(dtype))
+    });
+    BackwardGrads {
+        dq: tensor(g.dq, vec![batch, heads, q_len, head_dim], dtype),
+        dk: tensor(g.dk, vec![batch, heads, k_len, head_dim], dtype),
+        dv: tensor(g.dv, vec![batch, heads, k_len, value_dim], dtype),
+        dbias,
+    }
 }
 
 /// Token merging on CubeCL backends: the kernels of `dit_attention_kernels::merge`.

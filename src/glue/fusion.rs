@@ -13,7 +13,7 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use dit_attention_kernels::dynamic::SelectJob;
 
-use super::backend::{BlockLists, BlockSelection, MergeIndices, SparseAttentionBackend};
+use super::backend::{BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend};
 use crate::error::Result;
 use crate::merge::MergeLayout;
 use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
@@ -76,6 +76,10 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
         let lse = outputs.pop().expect("two outputs");
         let out = outputs.pop().expect("two outputs");
         (out, lse)
+    }
+
+    fn sparse_attention_backward(x: GradInputs<Self>, plan: &KernelPlan) -> BackwardGrads<Self> {
+        backward::<B>(x, plan)
     }
 
     fn dynamic_select(masses: Tensor<Self, 3>, job: &SelectJob) -> BlockSelection<Self> {
@@ -375,6 +379,36 @@ fn forward_lists<B: FusionBackend + SparseAttentionBackend>(
     let mut outs = register::<B>("dit_attention::block_list_forward", inputs, outputs, run).into_iter();
     let out = outs.next().expect("two outputs");
     (out, outs.next().expect("two outputs"))
+}
+
+/// The backward as one custom operation running `B`'s (inputs: q, k, v, out, lse, then the
+/// upstream gradients and the bias that are present).
+fn backward<B: FusionBackend + SparseAttentionBackend>(
+    x: GradInputs<Fusion<B>>,
+    plan: &KernelPlan,
+) -> BackwardGrads<Fusion<B>> {
+    let (q_shape, k_shape, v_shape, dtype) = (x.q.shape.to_vec(), x.k.shape.to_vec(), x.v.shape.to_vec(), x.q.dtype);
+    let present = [x.d_out.is_some(), x.d_lse.is_some(), x.bias.is_some()];
+    let mut outputs = vec![(Kind::Float, q_shape, dtype), (Kind::Float, k_shape, dtype), (Kind::Float, v_shape, dtype)];
+    outputs.extend(x.bias.as_ref().map(|t| (Kind::Float, t.shape.to_vec(), t.dtype)));
+    let mut inputs: Vec<_> = [x.q, x.k, x.v, x.out, x.lse].map(|t| (Kind::Float, t)).into();
+    inputs.extend([x.d_out, x.d_lse, x.bias].into_iter().flatten().map(|t| (Kind::Float, t)));
+    let plan = plan.clone();
+    let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
+        let mut it = ins.into_iter().map(float::<B>);
+        let mut next = || it.next().expect("declared inputs");
+        let (q, k, v, out, lse) = (next(), next(), next(), next(), next());
+        let [d_out, d_lse, bias] = present.map(|p| p.then(&mut next));
+        let g = B::sparse_attention_backward(GradInputs { q, k, v, bias, out, lse, d_out, d_lse }, &plan);
+        let mut outs = vec![Prim::Float(g.dq), Prim::Float(g.dk), Prim::Float(g.dv)];
+        outs.extend(g.dbias.map(Prim::Float));
+        outs
+    });
+    let mut outs = register::<B>("dit_attention::block_sparse_backward", inputs, outputs, run).into_iter();
+    let mut next = || outs.next().expect("declared outputs");
+    let (dq, dk, dv) = (next(), next(), next());
+    let dbias = present[2].then(next);
+    BackwardGrads { dq, dk, dv, dbias }
 }
 
 fn checked_matmul<B: FusionBackend + SparseAttentionBackend>(

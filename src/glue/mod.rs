@@ -12,7 +12,10 @@ mod cube_dynamic;
 #[cfg(feature = "cube")]
 mod fusion;
 
-pub use backend::{BlockLists, BlockSelection, MergeIndices, SparseAttentionBackend, reference_forward};
+pub use backend::{
+    BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend, reference_backward,
+    reference_forward,
+};
 pub(crate) use backend::{unwrap, wrap};
 
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};

@@ -475,6 +475,28 @@ macro_rules! gpu_engine_suite {
             fn autodiff_gradients_equal_the_f64_reference(c in sta_case()) {
                 check_autodiff::<burn::backend::Autodiff<$fused>>(&c, &$device)?;
             }
+
+            #[test]
+            fn backward_kernels_on_the_unfused_cube_backend(c in sta_case(), up in common::backward::upstream()) {
+                common::backward::check_sta_gradients::<burn::backend::Autodiff<$unfused>>(&c, up, &$device, DType::F32)?;
+            }
+        }
+
+        proptest! {
+            #![proptest_config(common::cases(12))]
+
+            #[test]
+            fn sta_backward_kernels_equal_the_brute_force_chain_rule(c in sta_case(), up in common::backward::upstream()) {
+                common::backward::check_sta_gradients::<burn::backend::Autodiff<$fused>>(&c, up, &$device, DType::F32)?;
+            }
+
+            #[test]
+            fn backward_kernels_mask_partial_blocks(c in pattern_case(), up in common::backward::upstream()) {
+                common::backward::check_pattern_gradients::<burn::backend::Autodiff<$fused>>(&c, up, &$device, DType::F32)?;
+                for dtype in float_types().0 {
+                    common::backward::check_pattern_gradients::<burn::backend::Autodiff<$fused>>(&c, up, &$device, dtype)?;
+                }
+            }
         }
 
         #[test]

@@ -2,6 +2,7 @@
 //! from the spec, independent of the crate's geometry code.
 #![allow(dead_code)]
 
+pub mod backward;
 pub mod combined;
 pub mod dynamic;
 pub mod engine;
@@ -109,6 +110,60 @@ pub fn brute_attention(
         }
     }
     (out, lse)
+}
+
+/// Brute-force gradients in f64 of `(out, lse)` = attention over `allowed`, for upstream
+/// gradients `d_out [b, h, nq, dv]` and `d_lse [b, h, nq]`: `(dq, dk, dv, dbias)`, the last
+/// `[b, h, nk]` (empty without a bias). Written from the chain rule, pair by pair.
+#[allow(clippy::too_many_arguments)]
+pub fn brute_attention_grads(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    bias: &[f64],
+    [b, h, nq, nk, d, dv]: [usize; 6],
+    scale: f64,
+    allowed: impl Fn(usize, usize, usize) -> bool,
+    d_out: &[f64],
+    d_lse: &[f64],
+) -> [Vec<f64>; 4] {
+    let (mut gq, mut gk, mut gv) = (vec![0.0; b * h * nq * d], vec![0.0; b * h * nk * d], vec![0.0; b * h * nk * dv]);
+    let mut gb = vec![0.0; if bias.is_empty() { 0 } else { b * h * nk }];
+    let (out, lse) = brute_attention(q, k, v, bias, [b, h, nq, nk, d, dv], scale, &allowed);
+    for bh in 0..b * h {
+        for i in 0..nq {
+            let l = lse[bh * nq + i];
+            if l == f64::NEG_INFINITY {
+                continue;
+            }
+            let row = |a: &[f64], w: usize, r: usize| (r * w..(r + 1) * w).map(|x| a[x]).collect::<Vec<f64>>();
+            let (qi, gi, oi) = (row(q, d, bh * nq + i), row(d_out, dv, bh * nq + i), row(&out, dv, bh * nq + i));
+            // d lse / d s_j = p_j; d out / d s_j = p_j (v_j - out).
+            let centre: f64 = (0..dv).map(|x| gi[x] * oi[x]).sum();
+            for j in 0..nk {
+                if !allowed(bh % h, i, j) {
+                    continue;
+                }
+                let (kj, vj) = (row(k, d, bh * nk + j), row(v, dv, bh * nk + j));
+                let s = scale * (0..d).map(|x| qi[x] * kj[x]).sum::<f64>()
+                    + if bias.is_empty() { 0.0 } else { bias[bh * nk + j] };
+                let p = (s - l).exp();
+                let dp: f64 = (0..dv).map(|x| gi[x] * vj[x]).sum();
+                let ds = p * (dp - centre) + p * d_lse[bh * nq + i];
+                for x in 0..d {
+                    gq[(bh * nq + i) * d + x] += scale * ds * kj[x];
+                    gk[(bh * nk + j) * d + x] += scale * ds * qi[x];
+                }
+                for x in 0..dv {
+                    gv[(bh * nk + j) * dv + x] += p * gi[x];
+                }
+                if !gb.is_empty() {
+                    gb[bh * nk + j] += ds;
+                }
+            }
+        }
+    }
+    [gq, gk, gv, gb]
 }
 
 /// Tile-major enumeration by sorting canvas coordinates by (tile coordinates, local coordinates).

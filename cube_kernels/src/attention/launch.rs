@@ -196,35 +196,7 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
     let rows_per_cube = path.rows_per_cube(p.head_dim, p.value_dim, size_of::<F>(), max_block);
     let chunks = max_block.div_ceil(rows_per_cube).max(1);
 
-    // Unused arrays still need a buffer: one dummy element.
-    let upload = |data: Option<&[u32]>| {
-        let data = data.filter(|d| !d.is_empty()).unwrap_or(&[0u32]);
-        (client.create_from_slice(u32::as_bytes(data)), data.len())
-    };
-    let (counts, indices, max_count, masks, sta) = match map.blocks {
-        KeyBlocks::Arrays { counts, indices, max_count, masks } => {
-            (Some(counts), Some(indices), max_count.max(1), masks, None)
-        }
-        KeyBlocks::Device { max_count, .. } => (None, None, max_count.max(1), None, None),
-        KeyBlocks::All => (None, None, 1, None, None),
-        KeyBlocks::Sta(sta) => (None, None, 1, None, Some(sta)),
-    };
-    let (counts, indices) = match map.blocks {
-        KeyBlocks::Device { counts, indices, rows, max_count } => {
-            ((counts.clone(), rows.max(1)), (indices.clone(), (rows * max_count).max(1)))
-        }
-        _ => (upload(counts), upload(indices)),
-    };
-    let arrays = [
-        upload(Some(map.q_starts)),
-        upload(Some(map.k_starts)),
-        counts,
-        indices,
-        upload(masks.map(|m| m.0)),
-        upload(masks.map(|m| m.1)),
-        upload(sta),
-        upload(map.gather),
-    ];
+    let (arrays, max_count) = upload_map(client, &map);
     let config = map.config();
     let out = client.empty(bh * p.q_len * p.value_dim * size_of::<F>());
     let lse = client.empty(bh * p.q_len * size_of::<f32>());
@@ -255,10 +227,7 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
                 arr(&k, bh * p.k_len * p.head_dim),
                 arr(&v, bh * p.k_len * p.value_dim),
                 arr(&bias_h, bias_len),
-                {
-                    let [a0, a1, a2, a3, a4, a5, a6, a7] = arrays.each_ref().map(|(h, len)| arr(h, *len));
-                    SparseMapLaunch::new(a0, a1, a2, a3, a4, a5, a6, a7)
-                },
+                map_launch(&arrays),
                 arr(&out, bh * p.q_len * p.value_dim),
                 arr(&lse, bh * p.q_len),
                 p.q_len as u32,
@@ -308,6 +277,52 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
         ),
     }
     ForwardOutput { out, lse }
+}
+
+/// A block map's arrays on the device, each with its element count, in [`super::SparseMap`]'s
+/// field order (arrays a map does not use hold one dummy element), and the index row stride.
+pub(crate) type MapBuffers = [(Handle, usize); 8];
+
+/// Uploads `map`'s arrays (device-resident lists are shared, not copied).
+pub(crate) fn upload_map<R: Runtime>(client: &ComputeClient<R>, map: &BlockMapArrays<'_>) -> (MapBuffers, usize) {
+    // Unused arrays still need a buffer: one dummy element.
+    let upload = |data: Option<&[u32]>| {
+        let data = data.filter(|d| !d.is_empty()).unwrap_or(&[0u32]);
+        (client.create_from_slice(u32::as_bytes(data)), data.len())
+    };
+    let (counts, indices, max_count, masks, sta) = match map.blocks {
+        KeyBlocks::Arrays { counts, indices, max_count, masks } => {
+            (Some(counts), Some(indices), max_count.max(1), masks, None)
+        }
+        KeyBlocks::Device { max_count, .. } => (None, None, max_count.max(1), None, None),
+        KeyBlocks::All => (None, None, 1, None, None),
+        KeyBlocks::Sta(sta) => (None, None, 1, None, Some(sta)),
+    };
+    let (counts, indices) = match map.blocks {
+        KeyBlocks::Device { counts, indices, rows, max_count } => {
+            ((counts.clone(), rows.max(1)), (indices.clone(), (rows * max_count).max(1)))
+        }
+        _ => (upload(counts), upload(indices)),
+    };
+    let arrays = [
+        upload(Some(map.q_starts)),
+        upload(Some(map.k_starts)),
+        counts,
+        indices,
+        upload(masks.map(|m| m.0)),
+        upload(masks.map(|m| m.1)),
+        upload(sta),
+        upload(map.gather),
+    ];
+    (arrays, max_count)
+}
+
+/// The launch argument of uploaded map buffers.
+pub(crate) fn map_launch<R: Runtime>(arrays: &MapBuffers) -> SparseMapLaunch<R> {
+    // SAFETY: each length is the element count its buffer was created with.
+    let [a0, a1, a2, a3, a4, a5, a6, a7] =
+        arrays.each_ref().map(|(h, len)| unsafe { ArrayArg::from_raw_parts(h.clone(), *len) });
+    SparseMapLaunch::new(a0, a1, a2, a3, a4, a5, a6, a7)
 }
 
 /// Element types the kernels take, chosen at run time from a tensor's dtype.

@@ -1,6 +1,9 @@
-//! Block-sparse flash-attention forward kernels and their host-side launchers: a portable path
-//! (every runtime) and a tensor-core path (cmma), chosen from the runtime's reported features.
+//! Block-sparse flash-attention kernels and their host-side launchers: forward on a portable path
+//! (every runtime) and tensor-core paths (cmma, mma.sync), chosen from the runtime's reported
+//! features; the backward (dQ, dK, dV, dbias) on the portable path.
 
+mod backward;
+mod backward_launch;
 mod common;
 mod geometry;
 mod launch;
@@ -9,6 +12,10 @@ mod portable;
 mod tensor_core;
 mod tiles;
 
+pub use backward::{
+    DELTA_UNITS, backward_delta, block_sparse_backward_dkv_portable, block_sparse_backward_dq_portable,
+};
+pub use backward_launch::{BackwardInputs, BackwardOutput, TransposedLists, backward_elem, backward_portable};
 pub use common::{MapConfig, MapSource, SparseMap, SparseMapLaunch};
 pub use geometry::StaGeometry;
 pub use launch::{
