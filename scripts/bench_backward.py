@@ -16,6 +16,8 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from sta_mask import sta_mask_mod
 
 rows = json.load(open(sys.argv[1]))
+checks = [r for r in rows if "check" in r]
+rows = [r for r in rows if "check" not in r]
 flex = torch.compile(flex_attention)
 sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -68,3 +70,6 @@ for r in rows:
         print(f"sparse efficiency {r['variant']} at {'x'.join(map(str, r['canvas']))}: backward "
               f"{r['bwd_tflops'] / base['bwd_tflops']:.3f} of dense TF/s, forward "
               f"{r['fwd_tflops'] / base['fwd_tflops']:.3f}")
+for c in checks:
+    print(f"gradient check {c['check']} at {'x'.join(map(str, c['canvas']))} (bf16 kernels vs f32 portable): "
+          f"dq {c['rel_err_dq']:.2e}, dk {c['rel_err_dk']:.2e}, dv {c['rel_err_dv']:.2e}")

@@ -171,13 +171,8 @@ pub(super) fn launch_forward<R: CubeRuntime>(
     let (batch, heads, q_len, head_dim) = (qs[0], qs[1], qs[2], qs[3]);
     let k_len = k.meta.shape()[2];
     let value_dim = v.meta.shape()[3];
-    let bias = bias.map(|b| {
-        let b = into_contiguous(b);
-        let bs = b.meta.shape().clone();
-        let batch_stride = if bs[0] == 1 { 0 } else { bs[1] * k_len };
-        let head_stride = if bs[1] == 1 { 0 } else { k_len };
-        (b.handle.clone(), batch_stride, head_stride)
-    });
+    let bias = bias.map(into_contiguous);
+    let bias = bias.as_ref().map(|b| bias_arg(b, k_len));
     let problem = ForwardProblem { batch, heads, q_len, k_len, head_dim, value_dim, scale: scale as f32 };
     let path = ForwardPath::choose(&q.client, elem, head_dim, value_dim);
     let (qh, kh, vh) = (q.handle.clone(), k.handle.clone(), v.handle.clone());
@@ -197,6 +192,18 @@ pub(super) fn launch_forward<R: CubeRuntime>(
         DType::F32,
     );
     (out, lse)
+}
+
+/// A contiguous `[b, h, k_len]` bias (b, h each 1 or full) as the kernels take it: the buffer and
+/// its batch and head strides (0 over a broadcast dim).
+fn bias_arg<R: CubeRuntime>(
+    b: &CubeTensor<R>,
+    k_len: usize,
+) -> (dit_attention_kernels::cubecl::server::Handle, usize, usize) {
+    let shape = b.meta.shape();
+    let batch_stride = if shape[0] == 1 { 0 } else { shape[1] * k_len };
+    let head_stride = if shape[1] == 1 { 0 } else { k_len };
+    (b.handle.clone(), batch_stride, head_stride)
 }
 
 /// Runs the backward kernels over `plan` (inputs of any layout and float dtype for the LSE and
@@ -220,23 +227,21 @@ fn launch_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEleme
     let d_lse = x.d_lse.map(f32_contiguous);
     let bias = x.bias.map(into_contiguous);
     let bias_dims = bias.as_ref().map(|b| [b.meta.shape()[0], b.meta.shape()[1]]);
-    let bias_arg = bias.as_ref().map(|b| {
-        let batch_stride = if b.meta.shape()[0] == 1 { 0 } else { b.meta.shape()[1] * k_len };
-        let head_stride = if b.meta.shape()[1] == 1 { 0 } else { k_len };
-        (b.handle.clone(), batch_stride, head_stride)
-    });
     let inputs = BackwardInputs {
         q: q.handle.clone(),
         k: k.handle.clone(),
         v: v.handle.clone(),
-        bias: bias_arg,
+        bias: bias.as_ref().map(|b| bias_arg(b, k_len)),
         out: out.handle.clone(),
         lse: lse.handle.clone(),
         d_out: d_out.as_ref().map(|t| t.handle.clone()),
         d_lse: d_lse.as_ref().map(|t| t.handle.clone()),
     };
     let problem = ForwardProblem { batch, heads, q_len, k_len, head_dim, value_dim, scale: plan.scale() as f32 };
-    let g = backward_elem::<R>(&q.client, elem, inputs, plan.kernel_arrays(), plan.transposed_kernel_arrays(), problem);
+    // The forward's path: the same runtime features decide it.
+    let path = ForwardPath::choose(&q.client, elem, head_dim, value_dim);
+    let (map, transposed) = (plan.kernel_arrays(), plan.transposed_kernel_arrays());
+    let g = backward_elem::<R>(&q.client, path, elem, inputs, map, transposed, problem);
     let tensor = |handle, shape: Vec<usize>, dtype| {
         CubeTensor::new_contiguous(q.client.clone(), device.clone(), Shape::from(shape), handle, dtype)
     };

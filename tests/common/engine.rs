@@ -488,6 +488,10 @@ macro_rules! gpu_engine_suite {
             #[test]
             fn sta_backward_kernels_equal_the_brute_force_chain_rule(c in sta_case(), up in common::backward::upstream()) {
                 common::backward::check_sta_gradients::<burn::backend::Autodiff<$fused>>(&c, up, &$device, DType::F32)?;
+                // Half precision takes the tensor-core backward where the runtime has one.
+                for dtype in float_types().0 {
+                    common::backward::check_sta_gradients::<burn::backend::Autodiff<$fused>>(&c, up, &$device, dtype)?;
+                }
             }
 
             #[test]

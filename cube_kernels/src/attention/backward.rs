@@ -51,7 +51,7 @@ pub fn backward_delta<F: Float>(
 /// The LSE a row's probabilities are rebuilt from: a row that saw no key (`-inf`) has no
 /// allowed pair, and shifting by 0 keeps its masked weights at exactly 0 (never NaN).
 #[cube]
-fn row_lse(lse: f32) -> f32 {
+pub(super) fn row_lse(lse: f32) -> f32 {
     let mut out = lse;
     if lse <= f32::new(NEG_BIG) {
         out = 0.0f32;

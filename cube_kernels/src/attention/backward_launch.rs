@@ -6,8 +6,9 @@ use cubecl::server::Handle;
 use super::backward::{
     DELTA_UNITS, backward_delta, block_sparse_backward_dkv_portable, block_sparse_backward_dq_portable,
 };
-use super::launch::{BlockMapArrays, ForwardProblem, KernelElem, map_launch, upload_map};
-use super::tiles::portable_tiles;
+use super::launch::{BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, map_launch, upload_map};
+use super::mma_backward::{DKV_WARPS, block_sparse_backward_dkv_mma, block_sparse_backward_dq_mma};
+use super::tiles::{mma_warps, portable_tiles};
 
 /// Key block -> query blocks: the index lists the dK/dV kernel walks, built from the forward's
 /// lists (never a dense block matrix).
@@ -108,6 +109,20 @@ pub fn backward_portable<R: Runtime, F: Float + CubeElement>(
     transposed: BlockMapArrays<'_>,
     p: ForwardProblem,
 ) -> BackwardOutput {
+    backward::<R, F>(client, ForwardPath::Portable, x, map, transposed, p)
+}
+
+/// Launches the backward on the path the forward took: the register-level MMA kernels after
+/// [`ForwardPath::Mma`] (the caller checked the runtime supports it), the portable kernels
+/// otherwise. Maps as [`backward_portable`].
+pub fn backward<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    path: ForwardPath,
+    x: BackwardInputs,
+    map: BlockMapArrays<'_>,
+    transposed: BlockMapArrays<'_>,
+    p: ForwardProblem,
+) -> BackwardOutput {
     let bh = p.batch * p.heads;
     let arr = |h: &Handle, len: usize| unsafe { ArrayArg::from_raw_parts(h.clone(), len.max(1)) };
     let tiles = portable_tiles(p.head_dim, p.value_dim, size_of::<F>());
@@ -142,88 +157,207 @@ pub fn backward_portable<R: Runtime, F: Float + CubeElement>(
         Some((h, bs, hs)) => (h.clone(), (p.batch - 1) * bs + (p.heads - 1) * hs + p.k_len, *bs, *hs, true),
         None => (dummy(), 1, 0, 0, false),
     };
-    let chunks = |starts: &[u32]| {
-        let largest = starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
-        largest.div_ceil(rows).max(1)
-    };
+    let largest = |starts: &[u32]| starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
+    let chunks = |starts: &[u32], rows: usize| largest(starts).div_ceil(rows).max(1);
 
     let dq = client.empty(bh * p.q_len * p.head_dim * f);
-    let (buffers, max_count) = upload_map(client, &map);
-    let q_chunks = chunks(map.q_starts);
-    block_sparse_backward_dq_portable::launch::<F, R>(
-        client,
-        CubeCount::Static(((map.q_starts.len() - 1) * q_chunks) as u32, bh as u32, 1),
-        CubeDim::new_1d(rows as u32),
-        arr(&x.q, bh * p.q_len * p.head_dim),
-        arr(&x.k, bh * p.k_len * p.head_dim),
-        arr(&x.v, bh * p.k_len * p.value_dim),
-        arr(&bias_h, bias_len),
-        map_launch(&buffers),
-        arr(&d_out, d_out_len),
-        arr(&x.lse, bh * p.q_len),
-        arr(&delta, bh * p.q_len),
-        arr(&dq, bh * p.q_len * p.head_dim),
-        p.q_len as u32,
-        p.k_len as u32,
-        p.heads as u32,
-        map.map_heads as u32,
-        max_count as u32,
-        q_chunks as u32,
-        bbs as u32,
-        bhs as u32,
-        p.scale,
-        p.head_dim,
-        p.value_dim,
-        rows,
-        tiles.tile_k,
-        has_bias,
-        has_d_out,
-        map.config(),
-    );
-
     let dk = client.empty(bh * p.k_len * p.head_dim * f);
     let dv = client.empty(bh * p.k_len * p.value_dim * f);
     let dbias = client.empty((if has_bias { bh * p.k_len } else { 1 }) * 4);
-    let (buffers, max_count) = upload_map(client, &transposed);
-    let k_chunks = chunks(transposed.q_starts);
-    block_sparse_backward_dkv_portable::launch::<F, R>(
-        client,
-        CubeCount::Static(((transposed.q_starts.len() - 1) * k_chunks) as u32, bh as u32, 1),
-        CubeDim::new_1d(rows as u32),
-        arr(&x.q, bh * p.q_len * p.head_dim),
-        arr(&x.k, bh * p.k_len * p.head_dim),
-        arr(&x.v, bh * p.k_len * p.value_dim),
-        arr(&bias_h, bias_len),
-        map_launch(&buffers),
-        arr(&d_out, d_out_len),
-        arr(&x.lse, bh * p.q_len),
-        arr(&delta, bh * p.q_len),
-        arr(&dk, bh * p.k_len * p.head_dim),
-        arr(&dv, bh * p.k_len * p.value_dim),
-        arr(&dbias, if has_bias { bh * p.k_len } else { 1 }),
-        p.q_len as u32,
-        p.k_len as u32,
-        p.heads as u32,
-        transposed.map_heads as u32,
-        max_count as u32,
-        k_chunks as u32,
-        bbs as u32,
-        bhs as u32,
-        p.scale,
-        p.head_dim,
-        p.value_dim,
-        rows,
-        tiles.tile_k,
-        has_bias,
-        has_d_out,
-        transposed.config(),
-    );
+    let dbias_len = if has_bias { bh * p.k_len } else { 1 };
+    let (q_buffers, q_max_count) = upload_map(client, &map);
+    let (k_buffers, k_max_count) = upload_map(client, &transposed);
+    macro_rules! dq_args {
+        () => {
+            (
+                arr(&x.q, bh * p.q_len * p.head_dim),
+                arr(&x.k, bh * p.k_len * p.head_dim),
+                arr(&x.v, bh * p.k_len * p.value_dim),
+                arr(&bias_h, bias_len),
+                map_launch(&q_buffers),
+                arr(&d_out, d_out_len),
+                arr(&x.lse, bh * p.q_len),
+                arr(&delta, bh * p.q_len),
+                arr(&dq, bh * p.q_len * p.head_dim),
+                p.q_len as u32,
+                p.k_len as u32,
+                p.heads as u32,
+                map.map_heads as u32,
+                q_max_count as u32,
+            )
+        };
+    }
+    macro_rules! dkv_args {
+        () => {
+            (
+                arr(&x.q, bh * p.q_len * p.head_dim),
+                arr(&x.k, bh * p.k_len * p.head_dim),
+                arr(&x.v, bh * p.k_len * p.value_dim),
+                arr(&bias_h, bias_len),
+                map_launch(&k_buffers),
+                arr(&d_out, d_out_len),
+                arr(&x.lse, bh * p.q_len),
+                arr(&delta, bh * p.q_len),
+                arr(&dk, bh * p.k_len * p.head_dim),
+                arr(&dv, bh * p.k_len * p.value_dim),
+                arr(&dbias, dbias_len),
+                p.q_len as u32,
+                p.k_len as u32,
+                p.heads as u32,
+                transposed.map_heads as u32,
+                k_max_count as u32,
+            )
+        };
+    }
+    let n_qb = map.q_starts.len() - 1;
+    let n_kb = transposed.q_starts.len() - 1;
+    if path == ForwardPath::Mma {
+        let warps = mma_warps(largest(map.q_starts));
+        let q_chunks = chunks(map.q_starts, 16 * warps);
+        let (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13) = dq_args!();
+        // SAFETY: every length is the element count of its buffer, and the host validated the
+        // block map against them; the kernel indexes only inside those.
+        unsafe {
+            block_sparse_backward_dq_mma::launch_unchecked::<F, R>(
+                client,
+                CubeCount::Static((n_qb * q_chunks) as u32, bh as u32, 1),
+                CubeDim::new_2d(32, warps as u32),
+                a0,
+                a1,
+                a2,
+                a3,
+                a4,
+                a5,
+                a6,
+                a7,
+                a8,
+                a9,
+                a10,
+                a11,
+                a12,
+                a13,
+                q_chunks as u32,
+                bbs as u32,
+                bhs as u32,
+                p.scale,
+                p.head_dim,
+                p.value_dim,
+                has_bias,
+                has_d_out,
+                map.config(),
+                warps,
+            );
+        }
+        let k_chunks = chunks(transposed.q_starts, 16 * DKV_WARPS);
+        let (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15) = dkv_args!();
+        // SAFETY: as above.
+        unsafe {
+            block_sparse_backward_dkv_mma::launch_unchecked::<F, R>(
+                client,
+                CubeCount::Static((n_kb * k_chunks) as u32, bh as u32, 1),
+                CubeDim::new_2d(32, DKV_WARPS as u32),
+                b0,
+                b1,
+                b2,
+                b3,
+                b4,
+                b5,
+                b6,
+                b7,
+                b8,
+                b9,
+                b10,
+                b11,
+                b12,
+                b13,
+                b14,
+                b15,
+                k_chunks as u32,
+                bbs as u32,
+                bhs as u32,
+                p.scale,
+                p.head_dim,
+                p.value_dim,
+                has_bias,
+                has_d_out,
+                transposed.config(),
+            );
+        }
+    } else {
+        let q_chunks = chunks(map.q_starts, rows);
+        let (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13) = dq_args!();
+        block_sparse_backward_dq_portable::launch::<F, R>(
+            client,
+            CubeCount::Static((n_qb * q_chunks) as u32, bh as u32, 1),
+            CubeDim::new_1d(rows as u32),
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            a6,
+            a7,
+            a8,
+            a9,
+            a10,
+            a11,
+            a12,
+            a13,
+            q_chunks as u32,
+            bbs as u32,
+            bhs as u32,
+            p.scale,
+            p.head_dim,
+            p.value_dim,
+            rows,
+            tiles.tile_k,
+            has_bias,
+            has_d_out,
+            map.config(),
+        );
+        let k_chunks = chunks(transposed.q_starts, rows);
+        let (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15) = dkv_args!();
+        block_sparse_backward_dkv_portable::launch::<F, R>(
+            client,
+            CubeCount::Static((n_kb * k_chunks) as u32, bh as u32, 1),
+            CubeDim::new_1d(rows as u32),
+            b0,
+            b1,
+            b2,
+            b3,
+            b4,
+            b5,
+            b6,
+            b7,
+            b8,
+            b9,
+            b10,
+            b11,
+            b12,
+            b13,
+            b14,
+            b15,
+            k_chunks as u32,
+            bbs as u32,
+            bhs as u32,
+            p.scale,
+            p.head_dim,
+            p.value_dim,
+            rows,
+            tiles.tile_k,
+            has_bias,
+            has_d_out,
+            transposed.config(),
+        );
+    }
     BackwardOutput { dq, dk, dv, dbias: has_bias.then_some(dbias) }
 }
 
-/// [`backward_portable`] with the element type chosen at run time.
+/// [`backward`] with the element type chosen at run time.
 pub fn backward_elem<R: Runtime>(
     client: &ComputeClient<R>,
+    path: ForwardPath,
     elem: KernelElem,
     x: BackwardInputs,
     map: BlockMapArrays<'_>,
@@ -231,9 +365,9 @@ pub fn backward_elem<R: Runtime>(
     p: ForwardProblem,
 ) -> BackwardOutput {
     match elem {
-        KernelElem::F32 => backward_portable::<R, f32>(client, x, map, transposed, p),
-        KernelElem::F16 => backward_portable::<R, half::f16>(client, x, map, transposed, p),
-        KernelElem::BF16 => backward_portable::<R, half::bf16>(client, x, map, transposed, p),
+        KernelElem::F32 => backward::<R, f32>(client, path, x, map, transposed, p),
+        KernelElem::F16 => backward::<R, half::f16>(client, path, x, map, transposed, p),
+        KernelElem::BF16 => backward::<R, half::bf16>(client, path, x, map, transposed, p),
     }
 }
 

@@ -24,14 +24,14 @@ use super::portable::NEG_BIG;
 pub const MMA_TILE_K: usize = 64;
 /// Shared-memory row padding (elements): rows 16 bytes apart in the bank pattern, so the eight
 /// rows a fragment load touches hit different banks.
-const PAD: usize = 8;
+pub(super) const PAD: usize = 8;
 
-type Pair<E> = Vector<E, Const<2>>;
-type Oct<E> = Vector<E, Const<8>>;
+pub(super) type Pair<E> = Vector<E, Const<2>>;
+pub(super) type Oct<E> = Vector<E, Const<8>>;
 
 /// Map position of row `i` of a tile starting at `start`, clamped to the last row before `end`.
 #[cube]
-fn tile_row(start: usize, end: usize, i: usize) -> usize {
+pub(super) fn tile_row(start: usize, end: usize, i: usize) -> usize {
     let mut r = start + i;
     if r >= end {
         r = end - 1;
@@ -46,7 +46,7 @@ fn tile_row(start: usize, end: usize, i: usize) -> usize {
 /// those query rows are never written.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn fetch_rows<F: Float>(
+pub(super) fn fetch_rows<F: Float>(
     src: &Slice<Oct<F>>,
     regs: &mut Array<Oct<F>>,
     map: &SparseMap,
@@ -76,14 +76,14 @@ fn fetch_rows<F: Float>(
     }
 }
 
-/// Copies a tile of `MMA_TILE_K` rows x `dim` elements (map positions `start..`, clamped to
+/// Copies a tile of `rows` rows x `dim` elements (map positions `start..`, clamped to
 /// the last row before `end`: real, finite data, so the keys past the block that the kernel
 /// masks get a weight of exactly 0) into `dst` from element `dst_base` on, row stride `stride`,
 /// by `cp.async` 16 bytes at a time: no registers hold the data and nothing waits until the
 /// stage's barrier is waited on.
 #[cube]
 #[allow(clippy::too_many_arguments, clippy::collapsible_else_if)]
-fn copy_rows<F: Float>(
+pub(super) fn copy_rows<F: Float>(
     src: &Array<F>,
     dst: &mut SharedMemory<F>,
     dst_base: usize,
@@ -91,6 +91,7 @@ fn copy_rows<F: Float>(
     base: usize,
     start: usize,
     end: usize,
+    #[comptime] rows: usize,
     #[comptime] dim: usize,
     #[comptime] stride: usize,
     #[comptime] threads: usize,
@@ -100,15 +101,15 @@ fn copy_rows<F: Float>(
     // buffer's scalar pointer.
     let per_row = dim / 8;
     #[unroll]
-    for it in 0..(MMA_TILE_K * per_row).div_ceil(threads) {
+    for it in 0..(rows * per_row).div_ceil(threads) {
         let idx = it * threads + UNIT_POS as usize;
         let r = tile_row(start, end, idx / per_row);
         let at = (base + input_row(map, r, gathered)) * dim + (idx % per_row) * 8;
         let to = dst_base + (idx / per_row) * stride + (idx % per_row) * 8;
-        if comptime![(MMA_TILE_K * per_row).is_multiple_of(threads)] {
+        if comptime![(rows * per_row).is_multiple_of(threads)] {
             copy_async(&src.to_slice().slice(at, at + 8), &mut dst.to_slice_mut().slice_mut(to, to + 8), 8u32);
         } else {
-            if idx < MMA_TILE_K * per_row {
+            if idx < rows * per_row {
                 copy_async(&src.to_slice().slice(at, at + 8), &mut dst.to_slice_mut().slice_mut(to, to + 8), 8u32);
             }
         }
@@ -117,7 +118,7 @@ fn copy_rows<F: Float>(
 
 /// Stores what [`fetch_rows`] read into `dst` with row stride `stride` (a multiple of 8).
 #[cube]
-fn store_rows<F: Float>(
+pub(super) fn store_rows<F: Float>(
     regs: &Array<Oct<F>>,
     dst: &mut SharedMemory<F>,
     #[comptime] rows: usize,
@@ -132,6 +133,57 @@ fn store_rows<F: Float>(
         let idx = it * threads + UNIT_POS as usize;
         if idx < rows * per_row {
             dst8[(idx / per_row) * (stride / 8) + idx % per_row] = regs[it];
+        }
+    }
+}
+
+/// The A fragments (16 rows x `dim`, [`MMA_TILE_K`]-wide chunks of 16 columns, four registers
+/// each) of this plane's rows `row0 + 16 * plane ..` of `src` (map positions, clamped to the last
+/// row before `end`), staged through `stage` (at least [`MMA_TILE_K`] rows of `stride`) four
+/// planes at a time. The caller syncs the cube before `stage` is written again.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn plane_fragments<F: Float>(
+    src: &Array<F>,
+    stage: &mut SharedMemory<F>,
+    frags: &mut Array<Pair<F>>,
+    map: &SparseMap,
+    base: usize,
+    row0: usize,
+    end: usize,
+    #[comptime] dim: usize,
+    #[comptime] stride: usize,
+    #[comptime] warps: usize,
+    #[comptime] gathered: bool,
+) {
+    let threads = warps * 32;
+    let lane = UNIT_POS_X as usize;
+    let warp = UNIT_POS_Y as usize;
+    // ldmatrix: lane L addresses row L % 8 of 8x8 matrix L / 8.
+    let mi = lane / 8;
+    let ri = lane % 8;
+    let src8 = src.to_slice().into_vectorized().with_vector_size::<Const<8>>();
+    let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+    let mut regs8 = Array::<Oct<F>>::new((MMA_TILE_K * dim / 8).div_ceil(threads));
+    for pass in 0..warps / 4 {
+        if pass > 0 {
+            sync_cube();
+        }
+        let first = row0 + pass * MMA_TILE_K;
+        fetch_rows::<F>(&src8, &mut regs8, map, base, first, end, MMA_TILE_K, dim, threads, gathered);
+        store_rows::<F>(&regs8, stage, MMA_TILE_K, dim, stride, threads);
+        sync_cube();
+        if warp / 4 == pass {
+            // Matrices (rows 0-7 | 8-15) x (columns 0-7 | 8-15) of each 16x16 chunk.
+            #[unroll]
+            for kk in 0..dim / 16 {
+                let at = ((warp % 4) * 16 + (mi % 2) * 8 + ri) * stride + kk * 16 + (mi / 2) * 8;
+                let regs = def.load_matrix::<F, Const<2>>(&stage.slice(at, at + 8), MatrixIdent::A, 4usize, false);
+                #[unroll]
+                for r in 0..4usize {
+                    frags[kk * 4 + r] = regs[r];
+                }
+            }
         }
     }
 }
@@ -204,7 +256,6 @@ pub fn block_sparse_forward_mma<F: Float>(
         local_b = row_b - q_start;
     }
 
-    let q8 = q.to_slice().into_vectorized().with_vector_size::<Const<8>>();
     // ldmatrix: lane L addresses row L % 8 of 8x8 matrix L / 8.
     let mi = lane / 8;
     let ri = lane % 8;
@@ -220,30 +271,9 @@ pub fn block_sparse_forward_mma<F: Float>(
     let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
 
-    // Q fragments, staged through the K buffer 64 rows (four planes) at a time.
-    let mut qregs = Array::<Oct<F>>::new((MMA_TILE_K * head_dim / 8).div_ceil(warps * 32));
+    // Q fragments, staged through the K buffer.
     let mut qf = Array::<Pair<F>>::new(head_dim / 16 * 4);
-    for pass in 0..warps / 4 {
-        if pass > 0 {
-            sync_cube();
-        }
-        let first = row0 + pass * MMA_TILE_K;
-        fetch_rows::<F>(&q8, &mut qregs, &map, bh * nq, first, q_end, MMA_TILE_K, head_dim, threads, config.gathered);
-        store_rows::<F>(&qregs, &mut sk, MMA_TILE_K, head_dim, ks, threads);
-        sync_cube();
-        if warp / 4 == pass {
-            // A fragments: matrices (rows 0-7 | 8-15) x (columns 0-7 | 8-15) of each 16x16 chunk.
-            #[unroll]
-            for kk in 0..head_dim / 16 {
-                let at = ((warp % 4) * 16 + (mi % 2) * 8 + ri) * ks + kk * 16 + (mi / 2) * 8;
-                let regs = def.load_matrix::<F, Const<2>>(&sk.slice(at, at + 8), MatrixIdent::A, 4usize, false);
-                #[unroll]
-                for r in 0..4usize {
-                    qf[kk * 4 + r] = regs[r];
-                }
-            }
-        }
-    }
+    plane_fragments::<F>(q, &mut sk, &mut qf, &map, bh * nq, row0, q_end, head_dim, ks, warps, config.gathered);
 
     // Every plane has its Q fragments before the first copies overwrite the staging area.
     sync_cube();
@@ -277,8 +307,34 @@ pub fn block_sparse_forward_mma<F: Float>(
         if comptime![config.partial] {
             mask_word = mask_offset(&map, &vis, 0usize, max_count);
         }
-        copy_rows::<F>(k, &mut sk, 0usize, &map, bh * nk, k_start, k_end, head_dim, ks, threads, config.gathered);
-        copy_rows::<F>(v, &mut sv, 0usize, &map, bh * nk, k_start, k_end, value_dim, vs, threads, config.gathered);
+        copy_rows::<F>(
+            k,
+            &mut sk,
+            0usize,
+            &map,
+            bh * nk,
+            k_start,
+            k_end,
+            MMA_TILE_K,
+            head_dim,
+            ks,
+            threads,
+            config.gathered,
+        );
+        copy_rows::<F>(
+            v,
+            &mut sv,
+            0usize,
+            &map,
+            bh * nk,
+            k_start,
+            k_end,
+            MMA_TILE_K,
+            value_dim,
+            vs,
+            threads,
+            config.gathered,
+        );
         bar0.commit_copy_async();
         bar0.arrive();
     }
@@ -316,6 +372,7 @@ pub fn block_sparse_forward_mma<F: Float>(
                 bh * nk,
                 next,
                 k_end,
+                MMA_TILE_K,
                 head_dim,
                 ks,
                 threads,
@@ -329,6 +386,7 @@ pub fn block_sparse_forward_mma<F: Float>(
                 bh * nk,
                 next,
                 k_end,
+                MMA_TILE_K,
                 value_dim,
                 vs,
                 threads,

@@ -1,6 +1,6 @@
 //! Block-sparse flash-attention kernels and their host-side launchers: forward on a portable path
 //! (every runtime) and tensor-core paths (cmma, mma.sync), chosen from the runtime's reported
-//! features; the backward (dQ, dK, dV, dbias) on the portable path.
+//! features; the backward (dQ, dK, dV, dbias) on the portable path and with mma.sync.
 
 mod backward;
 mod backward_launch;
@@ -8,6 +8,7 @@ mod common;
 mod geometry;
 mod launch;
 mod mma;
+mod mma_backward;
 mod portable;
 mod tensor_core;
 mod tiles;
@@ -15,7 +16,9 @@ mod tiles;
 pub use backward::{
     DELTA_UNITS, backward_delta, block_sparse_backward_dkv_portable, block_sparse_backward_dq_portable,
 };
-pub use backward_launch::{BackwardInputs, BackwardOutput, TransposedLists, backward_elem, backward_portable};
+pub use backward_launch::{
+    BackwardInputs, BackwardOutput, TransposedLists, backward, backward_elem, backward_portable,
+};
 pub use common::{MapConfig, MapSource, SparseMap, SparseMapLaunch};
 pub use geometry::StaGeometry;
 pub use launch::{
@@ -23,6 +26,7 @@ pub use launch::{
     forward_portable,
 };
 pub use mma::{MMA_TILE_K, block_sparse_forward_mma};
+pub use mma_backward::{DKV_WARPS, block_sparse_backward_dkv_mma, block_sparse_backward_dq_mma};
 pub use portable::{NEG_BIG, block_sparse_forward_portable};
 pub use tensor_core::{TC_ROWS, TC_TILE_K, TC_WARPS, block_sparse_forward_tensor_core};
 pub use tiles::{PortableTiles, mma_warps, portable_tiles};
