@@ -35,11 +35,12 @@ struct PlanData {
     transposed: Arc<OnceLock<Transposed>>,
 }
 
-/// The transposed lists and the forward's mask bits their offsets point into.
+/// The transposed lists, and the mask bits their offsets point into where the forward's arrays
+/// are not cached in the plan (index-list plans borrow the forward's bits instead of a copy).
 #[derive(Debug)]
 struct Transposed {
     lists: TransposedLists,
-    bits: Option<Vec<u32>>,
+    own_bits: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,24 +218,30 @@ impl KernelPlan {
             PlanBlocks::Dense => KeyBlocks::All,
             PlanBlocks::Map { map, .. } | PlanBlocks::Sta { map, .. } => {
                 let t = d.transposed.get_or_init(|| {
-                    let owned;
-                    let a = match &d.blocks {
-                        PlanBlocks::Map { arrays, .. } => arrays.get_or_init(|| map_arrays(map)),
-                        _ => {
-                            owned = map_arrays(map);
-                            &owned
-                        }
-                    };
-                    let offsets = a.masks.as_ref().map(|(o, _)| &o[..]);
                     let nkb = d.k_starts.len() - 1;
-                    let lists = TransposedLists::new(&a.counts, &a.indices, a.max_count, offsets, d.map_heads, nkb);
-                    Transposed { lists, bits: a.masks.as_ref().map(|(_, b)| b.clone()) }
+                    let transpose = |a: &MapArrays| {
+                        let offsets = a.masks.as_ref().map(|(o, _)| &o[..]);
+                        TransposedLists::new(&a.counts, &a.indices, a.max_count, offsets, d.map_heads, nkb)
+                    };
+                    match &d.blocks {
+                        PlanBlocks::Map { arrays, .. } => {
+                            Transposed { lists: transpose(arrays.get_or_init(|| map_arrays(map))), own_bits: None }
+                        }
+                        _ => {
+                            let a = map_arrays(map);
+                            Transposed { lists: transpose(&a), own_bits: a.masks.map(|(_, b)| b) }
+                        }
+                    }
                 });
+                let bits = match &d.blocks {
+                    PlanBlocks::Map { arrays, .. } => arrays.get().and_then(|a| a.masks.as_ref()).map(|(_, b)| &b[..]),
+                    _ => t.own_bits.as_deref(),
+                };
                 KeyBlocks::Arrays {
                     counts: &t.lists.counts,
                     indices: &t.lists.indices,
                     max_count: t.lists.max_count,
-                    masks: t.lists.mask_offsets.as_deref().zip(t.bits.as_deref()),
+                    masks: t.lists.mask_offsets.as_deref().zip(bits),
                 }
             }
         };

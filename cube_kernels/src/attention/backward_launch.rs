@@ -6,9 +6,9 @@ use cubecl::server::Handle;
 use super::backward::{
     DELTA_UNITS, backward_delta, block_sparse_backward_dkv_portable, block_sparse_backward_dq_portable,
 };
-use super::launch::{BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, map_launch, upload_map};
-use super::mma_backward::{DKV_WARPS, block_sparse_backward_dkv_mma, block_sparse_backward_dq_mma};
-use super::tiles::{mma_warps, portable_tiles};
+use super::launch::{BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, bias_buffer, map_launch, upload_map};
+use super::mma_backward::{block_sparse_backward_dkv_mma, block_sparse_backward_dq_mma};
+use super::tiles::{dkv_warps, mma_warps, portable_tiles};
 
 /// Key block -> query blocks: the index lists the dK/dV kernel walks, built from the forward's
 /// lists (never a dense block matrix).
@@ -153,10 +153,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
         has_d_lse,
     );
 
-    let (bias_h, bias_len, bbs, bhs, has_bias) = match &x.bias {
-        Some((h, bs, hs)) => (h.clone(), (p.batch - 1) * bs + (p.heads - 1) * hs + p.k_len, *bs, *hs, true),
-        None => (dummy(), 1, 0, 0, false),
-    };
+    let (bias_h, bias_len, bbs, bhs, has_bias) = bias_buffer::<R, F>(client, x.bias.clone(), &p);
     let largest = |starts: &[u32]| starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
     let chunks = |starts: &[u32], rows: usize| largest(starts).div_ceil(rows).max(1);
 
@@ -248,14 +245,15 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
                 warps,
             );
         }
-        let k_chunks = chunks(transposed.q_starts, 16 * DKV_WARPS);
+        let warps = dkv_warps(largest(transposed.q_starts));
+        let k_chunks = chunks(transposed.q_starts, 16 * warps);
         let (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15) = dkv_args!();
         // SAFETY: as above.
         unsafe {
             block_sparse_backward_dkv_mma::launch_unchecked::<F, R>(
                 client,
                 CubeCount::Static((n_kb * k_chunks) as u32, bh as u32, 1),
-                CubeDim::new_2d(32, DKV_WARPS as u32),
+                CubeDim::new_2d(32, warps as u32),
                 b0,
                 b1,
                 b2,
@@ -281,6 +279,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
                 has_bias,
                 has_d_out,
                 transposed.config(),
+                warps,
             );
         }
     } else {

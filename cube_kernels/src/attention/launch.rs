@@ -200,13 +200,7 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
     let config = map.config();
     let out = client.empty(bh * p.q_len * p.value_dim * size_of::<F>());
     let lse = client.empty(bh * p.q_len * size_of::<f32>());
-    let (bias_h, bias_len, bbs, bhs, has_bias) = match bias {
-        Some((h, bs, hs)) => {
-            let len = (p.batch - 1) * bs + (p.heads - 1) * hs + p.k_len;
-            (h, len, bs, hs, true)
-        }
-        None => (client.create_from_slice(F::as_bytes(&[F::from_int(0)])), 1, 0, 0, false),
-    };
+    let (bias_h, bias_len, bbs, bhs, has_bias) = bias_buffer::<R, F>(client, bias, &p);
     let arr = |h: &Handle, len: usize| unsafe { ArrayArg::from_raw_parts(h.clone(), len) };
     let count = CubeCount::Static((n_blocks * chunks) as u32, bh as u32, 1);
     macro_rules! launch_with {
@@ -277,6 +271,19 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
         ),
     }
     ForwardOutput { out, lse }
+}
+
+/// A bias argument as the kernels take it: `(buffer, element count, batch stride, head stride,
+/// present)`; without a bias, a one-element dummy that is never read.
+pub(crate) fn bias_buffer<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    bias: Option<(Handle, usize, usize)>,
+    p: &ForwardProblem,
+) -> (Handle, usize, usize, usize, bool) {
+    match bias {
+        Some((h, bs, hs)) => (h, (p.batch - 1) * bs + (p.heads - 1) * hs + p.k_len, bs, hs, true),
+        None => (client.create_from_slice(F::as_bytes(&[F::from_int(0)])), 1, 0, 0, false),
+    }
 }
 
 /// A block map's arrays on the device, each with its element count, in [`super::SparseMap`]'s

@@ -7,7 +7,7 @@
 //!   `S = Q K^T` and `dP = dO V^T` by MMA, `dS = P (dP - delta)` in registers, `dQ += dS K` by MMA
 //!   (the f32 accumulators of `dS` are the A operand as they lie).
 //! - [`block_sparse_backward_dkv_mma`] walks the transposed map (key block -> query blocks). A
-//!   plane owns 16 key rows; the cube's 64 keys of K and V stay in shared memory; per 16-query
+//!   plane owns 16 key rows; the cube's keys of K and V stay in shared memory; per 16-query
 //!   chunk of each 64-query Q/dO tile: `S^T = K Q^T`, `dP^T = V dO^T`, `dV += P^T dO`,
 //!   `dK += dS^T Q` by MMA, and the key's `dbias` is the row sum of `dS^T`.
 
@@ -22,9 +22,6 @@ use super::common::{
 };
 use super::mma::{MMA_TILE_K, PAD, Pair, copy_rows, plane_fragments};
 use super::portable::NEG_BIG;
-
-/// Planes of the dK/dV kernel: its 64 key rows are one staged tile.
-pub const DKV_WARPS: usize = MMA_TILE_K / 16;
 
 /// LSE given to query rows past their block in a staged tile: every weight of theirs is
 /// `exp(x - 1e30) = 0` (finite, as the fast-math exponential needs).
@@ -491,8 +488,9 @@ pub fn block_sparse_backward_dq_mma<F: Float>(
 
 /// `dk`, `dv` and the per-key `dbias` over the transposed map `tmap` with register-level MMA:
 /// contract of [`super::block_sparse_backward_dkv_portable`], the head-dim and scale conditions
-/// of [`super::block_sparse_forward_mma`]. Cube `(32, DKV_WARPS)` (64 key rows), grid
-/// `(nkb * chunks_per_block, bh)` with `chunks_per_block = ceil(largest key block / 64)`.
+/// of [`super::block_sparse_forward_mma`]. Cube `(32, warps)` (`16 * warps` key rows, `warps` 4
+/// or 8), grid `(nkb * chunks_per_block, bh)` with `chunks_per_block = ceil(largest key block /
+/// (16 * warps))`.
 // `collapsible_if`: outer `if`s on comptime flags are code paths.
 #[cube(launch_unchecked, fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
 #[allow(clippy::too_many_arguments, clippy::collapsible_if)]
@@ -522,6 +520,7 @@ pub fn block_sparse_backward_dkv_mma<F: Float>(
     #[comptime] has_bias: bool,
     #[comptime] has_d_out: bool,
     #[comptime] config: MapConfig,
+    #[comptime] warps: usize,
 ) {
     let nq = q_len as usize;
     let nk = k_len as usize;
@@ -535,10 +534,10 @@ pub fn block_sparse_backward_dkv_mma<F: Float>(
     let t = UNIT_POS_X as usize % 4;
     let k_start = tmap.q_starts[kb] as usize;
     let k_end = tmap.q_starts[kb + 1] as usize;
-    let row0 = k_start + chunk * MMA_TILE_K;
+    let row0 = k_start + chunk * warps * 16;
     let ks = head_dim + PAD;
     let vs = value_dim + PAD;
-    let threads = DKV_WARPS * 32;
+    let threads = warps * 32;
 
     // This lane's keys g and g + 8 of the plane: block-local index (0 past the block, where
     // nothing is written) and bias.
@@ -562,8 +561,8 @@ pub fn block_sparse_backward_dkv_mma<F: Float>(
     // The cube's own K and V rows, then two stages of Q / dO tiles with their LSE and delta.
     let stage_q = MMA_TILE_K * ks;
     let stage_o = MMA_TILE_K * vs;
-    let mut own_k = SharedMemory::<F>::new_aligned(MMA_TILE_K * (head_dim + PAD), 16usize);
-    let mut own_v = SharedMemory::<F>::new_aligned(MMA_TILE_K * (value_dim + PAD), 16usize);
+    let mut own_k = SharedMemory::<F>::new_aligned(warps * 16 * (head_dim + PAD), 16usize);
+    let mut own_v = SharedMemory::<F>::new_aligned(warps * 16 * (value_dim + PAD), 16usize);
     let mut sq = SharedMemory::<F>::new_aligned(2 * MMA_TILE_K * (head_dim + PAD), 16usize);
     let mut sdo = SharedMemory::<F>::new_aligned(2 * MMA_TILE_K * (value_dim + PAD), 16usize);
     let mut s_lse = SharedMemory::<f32>::new(2 * MMA_TILE_K);
@@ -591,7 +590,7 @@ pub fn block_sparse_backward_dkv_mma<F: Float>(
             bh * nk,
             row0,
             k_end,
-            MMA_TILE_K,
+            warps * 16,
             head_dim,
             ks,
             threads,
@@ -605,7 +604,7 @@ pub fn block_sparse_backward_dkv_mma<F: Float>(
             bh * nk,
             row0,
             k_end,
-            MMA_TILE_K,
+            warps * 16,
             value_dim,
             vs,
             threads,

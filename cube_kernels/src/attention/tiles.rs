@@ -36,6 +36,18 @@ pub fn mma_warps(max_block: usize) -> usize {
     if max_block >= 128 { 8 } else { 4 }
 }
 
+/// Planes per cube of the MMA backward's dK/dV kernel (16 key rows each; every Q/dO tile it
+/// loads serves all of them): 8 for key blocks of 128 rows or more, 4 otherwise.
+/// `DIT_ATTENTION_DKV_WARPS=4|8` overrides it, for tuning runs.
+pub fn dkv_warps(max_block: usize) -> usize {
+    if let Some(w) = std::env::var("DIT_ATTENTION_DKV_WARPS").ok().and_then(|v| v.parse::<usize>().ok())
+        && (w == 4 || w == 8)
+    {
+        return w;
+    }
+    if max_block >= 128 { 8 } else { 4 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
