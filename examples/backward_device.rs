@@ -2,7 +2,8 @@
 //! in bf16 (the backward kernels of issue 8), at the Hunyuan shape (B1 H24, 30x48x80 video + 256
 //! text tokens after, d128, tiles 6x8x8, tile-major) and with `--frames` fewer frames for the
 //! dense comparison. Times are medians of `--runs` device-synchronised calls after one warm-up;
-//! `scripts/bench_backward.py` times FlexAttention on the same shapes and block masks.
+//! `scripts/bench_backward.py` times FlexAttention on the same shapes and block masks. First, a
+//! gradient check: the bf16 kernels against the f32 portable kernels on a smaller canvas.
 //!
 //! ```sh
 //! CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda --example backward_device
