@@ -6,7 +6,9 @@ use cubecl::server::Handle;
 use super::backward::{
     DELTA_UNITS, backward_delta, block_sparse_backward_dkv_portable, block_sparse_backward_dq_portable,
 };
-use super::launch::{BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, bias_buffer, map_launch, upload_map};
+use super::launch::{
+    BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, bias_buffer, largest_block, map_launch, upload_map,
+};
 use super::mma_backward::{block_sparse_backward_dkv_mma, block_sparse_backward_dq_mma};
 use super::tiles::{dkv_warps, mma_warps, portable_tiles};
 
@@ -154,14 +156,13 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
     );
 
     let (bias_h, bias_len, bbs, bhs, has_bias) = bias_buffer::<R, F>(client, x.bias.clone(), &p);
-    let largest = |starts: &[u32]| starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
-    let chunks = |starts: &[u32], rows: usize| largest(starts).div_ceil(rows).max(1);
+    let chunks = |starts: &[u32], rows: usize| largest_block(starts).div_ceil(rows).max(1);
 
     let dq = client.empty(bh * p.q_len * p.head_dim * f);
     let dk = client.empty(bh * p.k_len * p.head_dim * f);
     let dv = client.empty(bh * p.k_len * p.value_dim * f);
-    let dbias = client.empty((if has_bias { bh * p.k_len } else { 1 }) * 4);
     let dbias_len = if has_bias { bh * p.k_len } else { 1 };
+    let dbias = client.empty(dbias_len * 4);
     let (q_buffers, q_max_count) = upload_map(client, &map);
     let (k_buffers, k_max_count) = upload_map(client, &transposed);
     macro_rules! dq_args {
@@ -209,7 +210,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
     let n_qb = map.q_starts.len() - 1;
     let n_kb = transposed.q_starts.len() - 1;
     if path == ForwardPath::Mma {
-        let warps = mma_warps(largest(map.q_starts));
+        let warps = mma_warps(largest_block(map.q_starts));
         let q_chunks = chunks(map.q_starts, 16 * warps);
         let (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13) = dq_args!();
         // SAFETY: every length is the element count of its buffer, and the host validated the
@@ -245,7 +246,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
                 warps,
             );
         }
-        let warps = dkv_warps(largest(transposed.q_starts));
+        let warps = dkv_warps(largest_block(transposed.q_starts));
         let k_chunks = chunks(transposed.q_starts, 16 * warps);
         let (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15) = dkv_args!();
         // SAFETY: as above.

@@ -192,7 +192,7 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
 ) -> ForwardOutput {
     let bh = p.batch * p.heads;
     let n_blocks = map.q_starts.len() - 1;
-    let max_block = map.q_starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
+    let max_block = largest_block(map.q_starts);
     let rows_per_cube = path.rows_per_cube(p.head_dim, p.value_dim, size_of::<F>(), max_block);
     let chunks = max_block.div_ceil(rows_per_cube).max(1);
 
@@ -271,6 +271,11 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
         ),
     }
     ForwardOutput { out, lse }
+}
+
+/// The longest block of the boundaries `starts` (1 for none).
+pub(crate) fn largest_block(starts: &[u32]) -> usize {
+    starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1)
 }
 
 /// A bias argument as the kernels take it: `(buffer, element count, batch stride, head stride,
