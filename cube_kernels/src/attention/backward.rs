@@ -21,8 +21,13 @@ pub const DELTA_UNITS: usize = 256;
 /// `delta[r] = sum_x d_out[r, x] * out[r, x] - d_lse[r]` over `rows` contiguous rows of
 /// `value_dim` (an absent upstream gradient, `has_d_out` / `has_d_lse` false, is zero and its
 /// buffer is never read); cube `(x, y)` of a grid `CUBE_COUNT_X` wide handles rows from
-/// `(y * CUBE_COUNT_X + x) * DELTA_UNITS`.
-#[cube(launch)]
+/// `(y * CUBE_COUNT_X + x) * DELTA_UNITS`. `wide` reads 16 bytes at a time (`value_dim` a
+/// multiple of 8, 16-byte aligned buffers: the tensor-core path's contract); scalar loads, 128 of
+/// them per row at head dim 128, left this pass bound by load instructions. Unchecked: a row
+/// reads only inside `rows * value_dim`, and the launcher passes exact lengths (a checked launch
+/// read wrong values through the 8-wide view in cubecl 0.10: dq off by 45% on the H100).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn backward_delta<F: Float>(
     out: &Array<F>,
     d_out: &Array<F>,
@@ -32,13 +37,28 @@ pub fn backward_delta<F: Float>(
     #[comptime] value_dim: usize,
     #[comptime] has_d_out: bool,
     #[comptime] has_d_lse: bool,
+    #[comptime] wide: bool,
 ) {
     let r = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * DELTA_UNITS + UNIT_POS as usize;
     if r < rows as usize {
         let mut s = 0.0f32;
         if has_d_out {
-            for x in 0..value_dim {
-                s += f32::cast_from(d_out[r * value_dim + x]) * f32::cast_from(out[r * value_dim + x]);
+            if comptime![wide] {
+                let o8 = out.to_slice().into_vectorized().with_vector_size::<Const<8>>();
+                let g8 = d_out.to_slice().into_vectorized().with_vector_size::<Const<8>>();
+                let per_row = value_dim / 8;
+                for x in 0..per_row {
+                    let a = o8[r * per_row + x];
+                    let b = g8[r * per_row + x];
+                    #[unroll]
+                    for i in 0..8usize {
+                        s += f32::cast_from(b[i]) * f32::cast_from(a[i]);
+                    }
+                }
+            } else {
+                for x in 0..value_dim {
+                    s += f32::cast_from(d_out[r * value_dim + x]) * f32::cast_from(out[r * value_dim + x]);
+                }
             }
         }
         if has_d_lse {

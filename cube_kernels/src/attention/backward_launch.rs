@@ -10,7 +10,7 @@ use super::launch::{
     BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, bias_buffer, largest_block, map_launch, upload_map,
 };
 use super::mma_backward::{block_sparse_backward_dkv_mma, block_sparse_backward_dq_mma};
-use super::tiles::{dkv_warps, mma_warps, portable_tiles};
+use super::tiles::{dkv_warps, dq_warps, portable_tiles};
 
 /// Key block -> query blocks: the index lists the dK/dV kernel walks, built from the forward's
 /// lists (never a dense block matrix).
@@ -141,19 +141,22 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
     let cubes = (bh * p.q_len).div_ceil(DELTA_UNITS).max(1);
     let wide = cubes.min(65_535);
     // SAFETY: each length below is the element count its buffer was created with.
-    backward_delta::launch::<F, R>(
-        client,
-        CubeCount::Static(wide as u32, cubes.div_ceil(wide) as u32, 1),
-        CubeDim::new_1d(DELTA_UNITS as u32),
-        arr(&x.out, bh * p.q_len * p.value_dim),
-        arr(&d_out, d_out_len),
-        arr(&d_lse, d_lse_len),
-        arr(&delta, bh * p.q_len),
-        (bh * p.q_len) as u32,
-        p.value_dim,
-        has_d_out,
-        has_d_lse,
-    );
+    unsafe {
+        backward_delta::launch_unchecked::<F, R>(
+            client,
+            CubeCount::Static(wide as u32, cubes.div_ceil(wide) as u32, 1),
+            CubeDim::new_1d(DELTA_UNITS as u32),
+            arr(&x.out, bh * p.q_len * p.value_dim),
+            arr(&d_out, d_out_len),
+            arr(&d_lse, d_lse_len),
+            arr(&delta, bh * p.q_len),
+            (bh * p.q_len) as u32,
+            p.value_dim,
+            has_d_out,
+            has_d_lse,
+            path == ForwardPath::Mma && p.value_dim.is_multiple_of(8),
+        );
+    }
 
     let (bias_h, bias_len, bbs, bhs, has_bias) = bias_buffer::<R, F>(client, x.bias.clone(), &p);
     let chunks = |starts: &[u32], rows: usize| largest_block(starts).div_ceil(rows).max(1);
@@ -210,7 +213,7 @@ pub fn backward<R: Runtime, F: Float + CubeElement>(
     let n_qb = map.q_starts.len() - 1;
     let n_kb = transposed.q_starts.len() - 1;
     if path == ForwardPath::Mma {
-        let warps = mma_warps(largest_block(map.q_starts));
+        let warps = dq_warps(largest_block(map.q_starts));
         let q_chunks = chunks(map.q_starts, 16 * warps);
         let (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13) = dq_args!();
         // SAFETY: every length is the element count of its buffer, and the host validated the

@@ -39,6 +39,21 @@ pub(super) fn tile_row(start: usize, end: usize, i: usize) -> usize {
     r
 }
 
+/// This lane's ldmatrix offset (elements) into a row-major tile of row stride `stride`: lane
+/// `L` addresses row `L % 8` of 8x8 matrix `L / 8`; the matrices are (rows 0-7 | 8-15) x
+/// (columns 0-7 | 8-15), ordered row-half first when `rows_first`, column-half first otherwise.
+#[cube]
+pub(super) fn lane_offset(#[comptime] stride: usize, #[comptime] rows_first: bool) -> u32 {
+    let lane = UNIT_POS_X as usize;
+    let mi = lane / 8;
+    let ri = lane % 8;
+    let mut at = ((mi / 2) * 8 + ri) * stride + (mi % 2) * 8;
+    if comptime![rows_first] {
+        at = ((mi % 2) * 8 + ri) * stride + (mi / 2) * 8;
+    }
+    u32::cast_from(at)
+}
+
 /// Reads `rows x dim` elements (map positions `start..`, clamped to the last row before `end`)
 /// into this unit's registers `regs`, 16 bytes per load (`dim` a multiple of 8); [`store_rows`]
 /// puts them in shared memory (the Q staging). Rows past `end` repeat a real row instead of
@@ -256,9 +271,6 @@ pub fn block_sparse_forward_mma<F: Float>(
         local_b = row_b - q_start;
     }
 
-    // ldmatrix: lane L addresses row L % 8 of 8x8 matrix L / 8.
-    let mi = lane / 8;
-    let ri = lane % 8;
     // Two stages of K and V tiles: one computes while `cp.async` fills the other; stage
     // `i % 2` is complete when its barrier's phase `(i / 2) % 2` is. 16-byte aligned: cubecl
     // packs shared buffers by element alignment (a barrier first puts them 8 bytes off), and
@@ -271,12 +283,24 @@ pub fn block_sparse_forward_mma<F: Float>(
     let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
 
+    // This lane's ldmatrix offsets into a K tile (rows (mi / 2) * 8 + ri, columns (mi % 2) * 8)
+    // and a V tile (transposed: rows (mi % 2) * 8 + ri, columns (mi / 2) * 8), laundered through
+    // shared memory across the barriers below: NVVM then cannot re-derive them from the lane
+    // index, so each address stays `base + constant` with the constant in the ldmatrix's
+    // immediate, instead of being rebuilt from row and column parts (two integer instructions
+    // per ldmatrix, a sixth of the loop's instructions).
+    let mut lane_offsets = SharedMemory::<u32>::new(2 * threads);
+    lane_offsets[UNIT_POS as usize] = lane_offset(ks, false);
+    lane_offsets[threads + UNIT_POS as usize] = lane_offset(vs, true);
+
     // Q fragments, staged through the K buffer.
     let mut qf = Array::<Pair<F>>::new(head_dim / 16 * 4);
     plane_fragments::<F>(q, &mut sk, &mut qf, &map, bh * nq, row0, q_end, head_dim, ks, warps, config.gathered);
 
     // Every plane has its Q fragments before the first copies overwrite the staging area.
     sync_cube();
+    let lane_k = usize::cast_from(lane_offsets[UNIT_POS as usize]);
+    let lane_v = usize::cast_from(lane_offsets[threads + UNIT_POS as usize]);
     let mut o = Array::<Pair<f32>>::new(value_dim / 8 * 2);
     #[unroll]
     for i in 0..value_dim / 8 * 2 {
@@ -413,6 +437,7 @@ pub fn block_sparse_forward_mma<F: Float>(
         {
             // S = Q K^T, 8 keys per MMA column chunk, two chunks per ldmatrix.x4 (matrices: keys
             // j*8 | (j+1)*8, head-dim columns 0-7 | 8-15 of the chunk).
+            let k_base = k_off + lane_k;
             #[unroll]
             for jp in 0..MMA_TILE_K / 16 {
                 let mut c0 = Array::<Pair<f32>>::new(2usize);
@@ -429,7 +454,7 @@ pub fn block_sparse_forward_mma<F: Float>(
                     for r in 0..4usize {
                         a[r] = qf[kk * 4 + r];
                     }
-                    let at = k_off + (jp * 16 + (mi / 2) * 8 + ri) * ks + kk * 16 + (mi % 2) * 8;
+                    let at = k_base + jp * 16 * ks + kk * 16;
                     let regs = def.load_matrix::<F, Const<2>>(&sk.slice(at, at + 8), MatrixIdent::B, 4usize, false);
                     let mut b0 = Array::<Pair<F>>::new(2usize);
                     b0[0usize] = regs[0usize];
@@ -595,6 +620,7 @@ pub fn block_sparse_forward_mma<F: Float>(
             }
 
             // O += P V: the P chunks of keys 16kk..16kk+16 are the A operand as they lie.
+            let v_base = v_off + lane_v;
             #[unroll]
             for kk in 0..MMA_TILE_K / 16 {
                 let mut a = Array::<Pair<F>>::new(4usize);
@@ -606,7 +632,7 @@ pub fn block_sparse_forward_mma<F: Float>(
                 // transposed on load (V is row-major by key).
                 #[unroll]
                 for jp in 0..value_dim / 16 {
-                    let at = v_off + (kk * 16 + (mi % 2) * 8 + ri) * vs + jp * 16 + (mi / 2) * 8;
+                    let at = v_base + kk * 16 * vs + jp * 16;
                     let regs = def.load_matrix::<F, Const<2>>(&sv.slice(at, at + 8), MatrixIdent::B, 4usize, true);
                     #[unroll]
                     for half in 0..2usize {

@@ -20,7 +20,7 @@ use super::backward::row_lse;
 use super::common::{
     MapConfig, SparseMap, Visits, finish_score, input_row, key_block, mask_allows, mask_offset, visits,
 };
-use super::mma::{MMA_TILE_K, PAD, Pair, copy_rows, plane_fragments};
+use super::mma::{MMA_TILE_K, PAD, Pair, copy_rows, lane_offset, plane_fragments};
 use super::portable::NEG_BIG;
 
 /// LSE given to query rows past their block in a staged tile: every weight of theirs is
@@ -121,22 +121,23 @@ fn as_a<F: Float>(x: &Array<Pair<f32>>, a: &mut Array<Pair<F>>) {
 /// `X (16 rows) · Y^T` over `dim` for one 16-column chunk: `a` holds the rows' A fragments
 /// (`dim / 16` groups of four), `smem` holds Y row-major from element `base` (rows `16 * chunk`..,
 /// stride `stride`); `c` gets four accumulator pairs (columns 0-7 rows g | g + 8, then
-/// columns 8-15).
+/// columns 8-15). `lane_b` is this lane's [`lane_offset`]`(stride, false)`, laundered by the
+/// caller (see the forward).
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn scores_from_regs<F: Float>(
     a: &Array<Pair<F>>,
     smem: &SharedMemory<F>,
     base: usize,
     chunk: usize,
     c: &mut Array<Pair<f32>>,
+    lane_b: usize,
     #[comptime] dim: usize,
     #[comptime] stride: usize,
 ) {
-    let lane = UNIT_POS_X as usize;
-    let mi = lane / 8;
-    let ri = lane % 8;
     zero(c, 4usize);
     let mut b = Array::<Pair<F>>::new(4usize);
+    let b0 = base + lane_b + chunk * 16 * stride;
     #[unroll]
     for kk in 0..dim / 16 {
         let mut af = Array::<Pair<F>>::new(4usize);
@@ -144,14 +145,15 @@ fn scores_from_regs<F: Float>(
         for r in 0..4usize {
             af[r] = a[kk * 4 + r];
         }
-        load_b::<F>(smem, base + (chunk * 16 + (mi / 2) * 8 + ri) * stride + kk * 16 + (mi % 2) * 8, &mut b, false);
+        load_b::<F>(smem, b0 + kk * 16, &mut b, false);
         mma_add::<F>(&af, &b, c, 0usize, 0usize);
         mma_add::<F>(&af, &b, c, 2usize, 1usize);
     }
 }
 
 /// [`scores_from_regs`] with the rows' A fragments read from `own` (this plane's 16 rows of a
-/// row-major tile, stride `stride`) instead of registers.
+/// row-major tile, stride `stride`; `lane_a` is this lane's [`lane_offset`]`(stride, true)`)
+/// instead of registers.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn scores_from_shared<F: Float>(
@@ -160,26 +162,27 @@ fn scores_from_shared<F: Float>(
     base: usize,
     chunk: usize,
     c: &mut Array<Pair<f32>>,
+    lane_a: usize,
+    lane_b: usize,
     #[comptime] dim: usize,
     #[comptime] stride: usize,
 ) {
-    let lane = UNIT_POS_X as usize;
     let warp = UNIT_POS_Y as usize;
-    let mi = lane / 8;
-    let ri = lane % 8;
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
     zero(c, 4usize);
     let mut b = Array::<Pair<F>>::new(4usize);
+    let a0 = warp * 16 * stride + lane_a;
+    let b0 = base + lane_b + chunk * 16 * stride;
     #[unroll]
     for kk in 0..dim / 16 {
-        let at = (warp * 16 + (mi % 2) * 8 + ri) * stride + kk * 16 + (mi / 2) * 8;
+        let at = a0 + kk * 16;
         let regs = def.load_matrix::<F, Const<2>>(&own.slice(at, at + 8), MatrixIdent::A, 4usize, false);
         let mut af = Array::<Pair<F>>::new(4usize);
         #[unroll]
         for r in 0..4usize {
             af[r] = regs[r];
         }
-        load_b::<F>(smem, base + (chunk * 16 + (mi / 2) * 8 + ri) * stride + kk * 16 + (mi % 2) * 8, &mut b, false);
+        load_b::<F>(smem, b0 + kk * 16, &mut b, false);
         mma_add::<F>(&af, &b, c, 0usize, 0usize);
         mma_add::<F>(&af, &b, c, 2usize, 1usize);
     }
@@ -187,24 +190,25 @@ fn scores_from_shared<F: Float>(
 
 /// `acc += A · Y` where `a` is 16 rows x 16 (the chunk `chunk` of the reduction dimension) and
 /// Y is stored row-major by that dimension in `smem` from `base` (stride `stride`), `dim`
-/// columns: `acc` holds `dim / 8` column groups of two pairs (rows g, g + 8).
+/// columns: `acc` holds `dim / 8` column groups of two pairs (rows g, g + 8). `lane_t` is this
+/// lane's [`lane_offset`]`(stride, true)`.
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn accumulate<F: Float>(
     a: &Array<Pair<F>>,
     smem: &SharedMemory<F>,
     base: usize,
     chunk: usize,
     acc: &mut Array<Pair<f32>>,
+    lane_t: usize,
     #[comptime] dim: usize,
     #[comptime] stride: usize,
 ) {
-    let lane = UNIT_POS_X as usize;
-    let mi = lane / 8;
-    let ri = lane % 8;
     let mut b = Array::<Pair<F>>::new(4usize);
+    let b0 = base + lane_t + chunk * 16 * stride;
     #[unroll]
     for jp in 0..dim / 16 {
-        load_b::<F>(smem, base + (chunk * 16 + (mi % 2) * 8 + ri) * stride + jp * 16 + (mi / 2) * 8, &mut b, true);
+        load_b::<F>(smem, b0 + jp * 16, &mut b, true);
         mma_add::<F>(a, &b, acc, jp * 4, 0usize);
         mma_add::<F>(a, &b, acc, jp * 4 + 2, 1usize);
     }
@@ -311,6 +315,12 @@ pub fn block_sparse_backward_dq_mma<F: Float>(
     let bar0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
 
+    // ldmatrix lane offsets, laundered through shared memory as in the forward.
+    let mut lane_offsets = SharedMemory::<u32>::new(3 * threads);
+    lane_offsets[UNIT_POS as usize] = lane_offset(ks, false);
+    lane_offsets[threads + UNIT_POS as usize] = lane_offset(vs, false);
+    lane_offsets[2 * threads + UNIT_POS as usize] = lane_offset(ks, true);
+
     // Q and dO fragments, staged through the K and V buffers.
     let mut qf = Array::<Pair<F>>::new(head_dim / 16 * 4);
     plane_fragments::<F>(q, &mut sk, &mut qf, &map, bh * nq, row0, q_end, head_dim, ks, warps, config.gathered);
@@ -331,6 +341,9 @@ pub fn block_sparse_backward_dq_mma<F: Float>(
         );
     }
     sync_cube();
+    let lane_k = usize::cast_from(lane_offsets[UNIT_POS as usize]);
+    let lane_v = usize::cast_from(lane_offsets[threads + UNIT_POS as usize]);
+    let lane_kt = usize::cast_from(lane_offsets[2 * threads + UNIT_POS as usize]);
     let mut acc = Array::<Pair<f32>>::new(head_dim / 8 * 2);
     zero(&mut acc, head_dim / 8 * 2);
 
@@ -431,11 +444,11 @@ pub fn block_sparse_backward_dq_mma<F: Float>(
         #[unroll]
         for jc in 0..MMA_TILE_K / 16 {
             let mut s = Array::<Pair<f32>>::new(4usize);
-            scores_from_regs::<F>(&qf, &sk, k_off, jc, &mut s, head_dim, ks);
+            scores_from_regs::<F>(&qf, &sk, k_off, jc, &mut s, lane_k, head_dim, ks);
             let mut dp = Array::<Pair<f32>>::new(4usize);
             zero(&mut dp, 4usize);
             if comptime![has_d_out] {
-                scores_from_regs::<F>(&dof, &sv, v_off, jc, &mut dp, value_dim, vs);
+                scores_from_regs::<F>(&dof, &sv, v_off, jc, &mut dp, lane_v, value_dim, vs);
             }
             // dS = P (dP - delta), P rebuilt from the LSE; masked keys and keys past the block
             // (the tile repeats the block's last row there) weigh 0.
@@ -473,7 +486,7 @@ pub fn block_sparse_backward_dq_mma<F: Float>(
             // dQ += dS K (K row-major by key: the reduction dimension).
             let mut a = Array::<Pair<F>>::new(4usize);
             as_a::<F>(&ds, &mut a);
-            accumulate::<F>(&a, &sk, k_off, jc, &mut acc, head_dim, ks);
+            accumulate::<F>(&a, &sk, k_off, jc, &mut acc, lane_kt, head_dim, ks);
         }
     }
 
@@ -569,6 +582,18 @@ pub fn block_sparse_backward_dkv_mma<F: Float>(
     let mut s_delta = SharedMemory::<f32>::new(2 * MMA_TILE_K);
     let bar0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+
+    // ldmatrix lane offsets, laundered through shared memory as in the forward.
+    let mut lane_offsets = SharedMemory::<u32>::new(4 * threads);
+    lane_offsets[UNIT_POS as usize] = lane_offset(ks, false);
+    lane_offsets[threads + UNIT_POS as usize] = lane_offset(vs, false);
+    lane_offsets[2 * threads + UNIT_POS as usize] = lane_offset(ks, true);
+    lane_offsets[3 * threads + UNIT_POS as usize] = lane_offset(vs, true);
+    sync_cube();
+    let lane_q = usize::cast_from(lane_offsets[UNIT_POS as usize]);
+    let lane_o = usize::cast_from(lane_offsets[threads + UNIT_POS as usize]);
+    let lane_qt = usize::cast_from(lane_offsets[2 * threads + UNIT_POS as usize]);
+    let lane_ot = usize::cast_from(lane_offsets[3 * threads + UNIT_POS as usize]);
 
     let mut dk_acc = Array::<Pair<f32>>::new(head_dim / 8 * 2);
     zero(&mut dk_acc, head_dim / 8 * 2);
@@ -734,11 +759,11 @@ pub fn block_sparse_backward_dkv_mma<F: Float>(
         #[unroll]
         for jc in 0..MMA_TILE_K / 16 {
             let mut s = Array::<Pair<f32>>::new(4usize);
-            scores_from_shared::<F>(&own_k, &sq, q_off, jc, &mut s, head_dim, ks);
+            scores_from_shared::<F>(&own_k, &sq, q_off, jc, &mut s, lane_qt, lane_q, head_dim, ks);
             let mut dp = Array::<Pair<f32>>::new(4usize);
             zero(&mut dp, 4usize);
             if comptime![has_d_out] {
-                scores_from_shared::<F>(&own_v, &sdo, o_off, jc, &mut dp, value_dim, vs);
+                scores_from_shared::<F>(&own_v, &sdo, o_off, jc, &mut dp, lane_ot, lane_o, value_dim, vs);
             }
             // P^T and dS^T = P^T (dP^T - delta): rows are keys, columns queries of the tile.
             let mut pt = Array::<Pair<f32>>::new(4usize);
@@ -782,10 +807,10 @@ pub fn block_sparse_backward_dkv_mma<F: Float>(
             let mut a = Array::<Pair<F>>::new(4usize);
             if comptime![has_d_out] {
                 as_a::<F>(&pt, &mut a);
-                accumulate::<F>(&a, &sdo, o_off, jc, &mut dv_acc, value_dim, vs);
+                accumulate::<F>(&a, &sdo, o_off, jc, &mut dv_acc, lane_ot, value_dim, vs);
             }
             as_a::<F>(&ds, &mut a);
-            accumulate::<F>(&a, &sq, q_off, jc, &mut dk_acc, head_dim, ks);
+            accumulate::<F>(&a, &sq, q_off, jc, &mut dk_acc, lane_qt, head_dim, ks);
         }
     }
 
