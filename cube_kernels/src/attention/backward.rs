@@ -21,7 +21,7 @@ pub const DELTA_UNITS: usize = 256;
 /// `delta[r] = sum_x d_out[r, x] * out[r, x] - d_lse[r]` over `rows` contiguous rows of
 /// `value_dim` (an absent upstream gradient, `has_d_out` / `has_d_lse` false, is zero and its
 /// buffer is never read); cube `(x, y)` of a grid `CUBE_COUNT_X` wide handles rows from
-/// `(y * CUBE_COUNT_X + x) * DELTA_UNITS`. `wide` reads 16 bytes at a time (`value_dim` a
+/// `(y * CUBE_COUNT_X + x) * DELTA_UNITS`. `vectorized` reads 16 bytes at a time (`value_dim` a
 /// multiple of 8, 16-byte aligned buffers: the tensor-core path's contract); scalar loads, 128 of
 /// them per row at head dim 128, left this pass bound by load instructions. Unchecked: a row
 /// reads only inside `rows * value_dim`, and the launcher passes exact lengths (a checked launch
@@ -37,13 +37,13 @@ pub fn backward_delta<F: Float>(
     #[comptime] value_dim: usize,
     #[comptime] has_d_out: bool,
     #[comptime] has_d_lse: bool,
-    #[comptime] wide: bool,
+    #[comptime] vectorized: bool,
 ) {
     let r = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * DELTA_UNITS + UNIT_POS as usize;
     if r < rows as usize {
         let mut s = 0.0f32;
         if has_d_out {
-            if comptime![wide] {
+            if comptime![vectorized] {
                 let o8 = out.to_slice().into_vectorized().with_vector_size::<Const<8>>();
                 let g8 = d_out.to_slice().into_vectorized().with_vector_size::<Const<8>>();
                 let per_row = value_dim / 8;
