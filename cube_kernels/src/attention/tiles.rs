@@ -31,27 +31,32 @@ fn planes_override(var: &str, allowed: &[usize]) -> Option<usize> {
     allowed.contains(&w).then_some(w)
 }
 
+/// The default of every MMA kernel: 8 planes for blocks of 128 rows or more, 4 otherwise.
+fn default_planes(max_block: usize) -> usize {
+    if max_block >= 128 { 8 } else { 4 }
+}
+
 /// Planes per cube of the MMA forward (16 query rows each, a multiple of 4): 8 when query blocks
 /// fill 128 rows (each K/V tile then serves twice the rows), 4 otherwise. 12 planes (384
 /// threads, 168 registers each: the forward fits them without spilling at head dim 128) measured
 /// no better on the H100: STA within 2% either way, dense 22% slower.
 /// `DIT_ATTENTION_MMA_WARPS=4|8|12` overrides it, for tuning runs.
 pub fn mma_warps(max_block: usize) -> usize {
-    planes_override("DIT_ATTENTION_MMA_WARPS", &[4, 8, 12]).unwrap_or(if max_block >= 128 { 8 } else { 4 })
+    planes_override("DIT_ATTENTION_MMA_WARPS", &[4, 8, 12]).unwrap_or_else(|| default_planes(max_block))
 }
 
 /// Planes per cube of the MMA backward's dQ kernel: 8 for query blocks of 128 rows or more, 4
 /// otherwise (12 planes spill a little and were 4% slower in a first H100 run).
 /// `DIT_ATTENTION_DQ_WARPS=4|8` overrides it, for tuning runs.
 pub fn dq_warps(max_block: usize) -> usize {
-    planes_override("DIT_ATTENTION_DQ_WARPS", &[4, 8]).unwrap_or(if max_block >= 128 { 8 } else { 4 })
+    planes_override("DIT_ATTENTION_DQ_WARPS", &[4, 8]).unwrap_or_else(|| default_planes(max_block))
 }
 
 /// Planes per cube of the MMA backward's dK/dV kernel (16 key rows each; every Q/dO tile it
 /// loads serves all of them): 8 for key blocks of 128 rows or more, 4 otherwise (12 planes
 /// would spill some 700 bytes a thread). `DIT_ATTENTION_DKV_WARPS=4|8` overrides it, for tuning runs.
 pub fn dkv_warps(max_block: usize) -> usize {
-    planes_override("DIT_ATTENTION_DKV_WARPS", &[4, 8]).unwrap_or(if max_block >= 128 { 8 } else { 4 })
+    planes_override("DIT_ATTENTION_DKV_WARPS", &[4, 8]).unwrap_or_else(|| default_planes(max_block))
 }
 
 #[cfg(test)]
