@@ -149,11 +149,29 @@ impl<B: SparseAttentionBackend, C: CheckpointStrategy> SparseAttentionBackend fo
     // The matching has no gradient: it runs on the inner backend (its kernels where it has
     // them). Merge and unmerge keep the default burn-tensor composites, which autodiff tracks.
     fn merge_match(scores: Tensor<Self, 4>, layout: &MergeLayout) -> MergeIndices<Self> {
-        let inner = B::merge_match(scores.inner(), layout);
-        MergeIndices {
-            slot_of_token: Tensor::from_inner(inner.slot_of_token),
-            kept_token: Tensor::from_inner(inner.kept_token),
-            members: inner.members.map(|(o, m)| (Tensor::from_inner(o), Tensor::from_inner(m))),
-        }
+        outer_indices(B::merge_match(scores.inner(), layout))
+    }
+
+    fn merge_unit_metric_applies(device: &Self::Device, dtype: DType, elements: usize) -> bool {
+        B::merge_unit_metric_applies(device, dtype, elements)
+    }
+
+    fn merge_unit_metric(a: Tensor<Self, 4>, b: Option<Tensor<Self, 4>>) -> Tensor<Self, 4> {
+        Tensor::from_inner(B::merge_unit_metric(a.inner(), b.map(|b| b.inner())))
+    }
+
+    fn merge_match_metric(unit: Tensor<Self, 4>, layout: &MergeLayout) -> MergeIndices<Self> {
+        outer_indices(B::merge_match_metric(unit.inner(), layout))
+    }
+}
+
+/// The inner backend's merge tables as tables of the autodiff backend.
+fn outer_indices<B: SparseAttentionBackend, C: CheckpointStrategy>(
+    inner: MergeIndices<B>,
+) -> MergeIndices<Autodiff<B, C>> {
+    MergeIndices {
+        slot_of_token: Tensor::from_inner(inner.slot_of_token),
+        kept_token: Tensor::from_inner(inner.kept_token),
+        members: inner.members.map(|(o, m)| (Tensor::from_inner(o), Tensor::from_inner(m))),
     }
 }

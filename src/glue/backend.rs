@@ -11,8 +11,8 @@ use crate::combined::top_sum_reference;
 use crate::dynamic::select_reference;
 use crate::error::Result;
 use crate::mask::{BlockKind, BlockLayout, BlockMap};
-use crate::merge::MergeLayout;
 use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
+use crate::merge::{MergeLayout, metric_rows, unit_metric, unit_scores};
 use crate::plan::KernelPlan;
 use crate::reference::{
     AttentionOptions, attention_backward_reference, block_sparse_attention_reference, dense_attention_reference,
@@ -111,6 +111,37 @@ pub trait SparseAttentionBackend: Backend {
     /// matching per `(b, m)` group (see [`crate::merge`]).
     fn merge_match(scores: Tensor<Self, 4>, layout: &MergeLayout) -> MergeIndices<Self> {
         match_reference(scores, layout)
+    }
+
+    /// Whether [`Self::merge_unit_metric`] runs kernels for a metric of `dtype` with `elements`
+    /// output elements (otherwise the burn-tensor composite runs).
+    fn merge_unit_metric_applies(device: &Self::Device, dtype: DType, elements: usize) -> bool {
+        let _ = (device, dtype, elements);
+        false
+    }
+
+    /// Token merging: the [`unit_metric`] of [`metric_rows`]`(a, b)`: rows `concat(a, ||a||, b,
+    /// ||b||)` (or `a`) normalised, zero channels up to a multiple of 16. No gradient flows
+    /// through it. Backends with kernels build it in one pass, f32 inside.
+    ///
+    /// # Shapes
+    /// - a `[b, h, n, ca]`, b `[b, h, n, cb]`
+    /// - output `[b, h, n, c]`, `c` = `ca + cb + 2` (or `ca`) rounded up to a multiple of 16
+    ///
+    /// [`unit_metric`]: crate::merge::unit_metric
+    /// [`metric_rows`]: crate::merge::metric_rows
+    fn merge_unit_metric(a: Tensor<Self, 4>, b: Option<Tensor<Self, 4>>) -> Tensor<Self, 4> {
+        unit_metric(metric_rows(a, b))
+    }
+
+    /// Token merging: the merge plan's index tables straight from the [`unit_metric`]
+    /// `[b, m, n, c]` (rows normalised, `c` a multiple of 16), one matching per `(b, m)` group.
+    /// Backends with a fused kernel never form the score matrix; the default forms it
+    /// ([`unit_scores`]) and calls [`Self::merge_match`].
+    ///
+    /// [`unit_metric`]: crate::merge::unit_metric
+    fn merge_match_metric(unit: Tensor<Self, 4>, layout: &MergeLayout) -> MergeIndices<Self> {
+        Self::merge_match(unit_scores(unit, layout), layout)
     }
 
     /// Token merging: segment sums of `x [groups, reps, n, c]` into `[groups, reps, n_kept, c]`.

@@ -147,6 +147,18 @@ where
         merge::match_tokens(scores, layout)
     }
 
+    fn merge_match_metric(unit: Tensor<Self, 4>, layout: &MergeLayout) -> MergeIndices<Self> {
+        merge::match_metric(unit, layout)
+    }
+
+    fn merge_unit_metric_applies(device: &Self::Device, dtype: DType, elements: usize) -> bool {
+        merge::unit_metric_applies::<R>(device, dtype, elements)
+    }
+
+    fn merge_unit_metric(a: Tensor<Self, 4>, b: Option<Tensor<Self, 4>>) -> Tensor<Self, 4> {
+        merge::unit_metric(a, b)
+    }
+
     fn merge_segment_sum(x: Tensor<Self, 4>, indices: &MergeIndices<Self>, layout: &MergeLayout) -> Tensor<Self, 4> {
         merge::segment_sum(x, indices, layout)
     }
@@ -271,13 +283,14 @@ pub(crate) mod merge {
     use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous};
     use dit_attention_kernels::attention::KernelElem;
     use dit_attention_kernels::merge::{
-        MatchLaunch, MatchOutput, RowsShape, launch_gather_rows, launch_match, launch_segment_sum, match_fits,
+        MatchLaunch, MatchOutput, MetricMatch, RowsShape, launch_gather_rows, launch_match, launch_match_metric,
+        launch_segment_sum, launch_unit_metric, match_fits, metric_match_path, unit_metric_tile,
     };
 
     use super::{GRID_LIMIT, kernel_elem};
     use crate::glue::{MergeIndices, unwrap, wrap};
-    use crate::merge::MergeLayout;
     use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
+    use crate::merge::{MergeLayout, unit_scores};
 
     type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
@@ -323,9 +336,87 @@ pub(crate) mod merge {
             KernelElem::F16 => launch_match::<R, burn::tensor::f16, I>(&s.client, job),
             KernelElem::BF16 => launch_match::<R, burn::tensor::bf16, I>(&s.client, job),
         };
+        indices_of::<R, F, I, BT>(&s, out, layout, groups)
+    }
+
+    pub(crate) fn unit_metric_applies<R: CubeRuntime>(device: &R::Device, dtype: DType, elements: usize) -> bool {
+        kernel_elem(dtype).is_some_and(|e| e.supported(&R::client(device))) && elements < u32::MAX as usize
+    }
+
+    /// The unit metric in two kernel passes (row norms, then the normalised rows) where they
+    /// apply; the burn-tensor composite otherwise.
+    pub(crate) fn unit_metric<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+        a: Tensor<Cube<R, F, I, BT>, 4>,
+        b: Option<Tensor<Cube<R, F, I, BT>, 4>>,
+    ) -> Tensor<Cube<R, F, I, BT>, 4> {
+        let [bs, h, n, ca] = a.dims();
+        let cb = b.as_ref().map_or(0, |b| b.dims()[3]);
+        let width = if b.is_some() { ca + cb + 2 } else { ca }.next_multiple_of(16);
+        let same = b.as_ref().is_none_or(|b| b.dtype() == a.dtype() && b.dims()[..3] == a.dims()[..3]);
+        let rows = bs * h * n;
+        let elem = kernel_elem(a.dtype()).filter(|_| same && unit_metric_tile(ca, cb).is_some());
+        let Some(elem) = elem.filter(|_| unit_metric_applies::<R>(&a.device(), a.dtype(), rows * width.max(ca + cb)))
+        else {
+            return crate::merge::unit_metric(crate::merge::metric_rows(a, b));
+        };
+        let a: CubeTensor<R> = into_contiguous(unwrap(a));
+        let b: Option<CubeTensor<R>> = b.map(|b| into_contiguous(unwrap(b)));
+        let bh = b.as_ref().map(|b| &b.handle);
+        let out = match elem {
+            KernelElem::F32 => launch_unit_metric::<R, f32>(&a.client, &a.handle, bh, rows, [ca, cb], width),
+            KernelElem::F16 => {
+                launch_unit_metric::<R, burn::tensor::f16>(&a.client, &a.handle, bh, rows, [ca, cb], width)
+            }
+            KernelElem::BF16 => {
+                launch_unit_metric::<R, burn::tensor::bf16>(&a.client, &a.handle, bh, rows, [ca, cb], width)
+            }
+        };
+        wrap(CubeTensor::new_contiguous(
+            a.client.clone(),
+            a.device.clone(),
+            Shape::from([bs, h, n, width]),
+            out,
+            a.dtype,
+        ))
+    }
+
+    /// The fused matching (no score matrix) where the kernels apply and the metric's width
+    /// fits one of its paths; the score matrix and [`match_tokens`] otherwise.
+    pub(crate) fn match_metric<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+        unit: Tensor<Cube<R, F, I, BT>, 4>,
+        layout: &MergeLayout,
+    ) -> MergeIndices<Cube<R, F, I, BT>> {
+        let [outer, inner, _, channels] = unit.dims();
+        let groups = outer * inner;
+        let elem = kernel_elem(unit.dtype());
+        let client = R::client(&unit.device());
+        let fits = applies::<R>(&unit.device(), layout, groups, unit.dtype())
+            && !layout.dst_token.is_empty()
+            && groups * layout.n * channels < u32::MAX as usize;
+        let path = elem.filter(|_| fits).and_then(|e| metric_match_path(&client, e, channels).map(|p| (e, p)));
+        let Some((elem, path)) = path else {
+            return match_tokens(unit_scores(unit, layout), layout);
+        };
+        let u: CubeTensor<R> = into_contiguous(unwrap(unit));
+        let job = MetricMatch { unit: u.handle.clone(), groups, channels, tables: layout.tables() };
+        let out: MatchOutput = match elem {
+            KernelElem::F32 => launch_match_metric::<R, f32, I>(&u.client, job, path),
+            KernelElem::F16 => launch_match_metric::<R, burn::tensor::f16, I>(&u.client, job, path),
+            KernelElem::BF16 => launch_match_metric::<R, burn::tensor::bf16, I>(&u.client, job, path),
+        };
+        indices_of::<R, F, I, BT>(&u, out, layout, groups)
+    }
+
+    /// The plan kernel's tables as burn int tensors.
+    fn indices_of<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+        like: &CubeTensor<R>,
+        out: MatchOutput,
+        layout: &MergeLayout,
+        groups: usize,
+    ) -> MergeIndices<Cube<R, F, I, BT>> {
         let (n, n_kept, d, rs) = (layout.n, layout.n_kept(), layout.dst_token.len(), layout.r.max(1));
         let t = |h, shape: [usize; 2]| {
-            Tensor::<Cube<R, F, I, BT>, 2, Int>::from_primitive(int_tensor::<R, I, 2>(&s, h, shape))
+            Tensor::<Cube<R, F, I, BT>, 2, Int>::from_primitive(int_tensor::<R, I, 2>(like, h, shape))
         };
         MergeIndices {
             slot_of_token: t(out.slot_of_token, [groups, n]),

@@ -15,8 +15,8 @@ use dit_attention_kernels::dynamic::SelectJob;
 
 use super::backend::{BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend};
 use crate::error::Result;
-use crate::merge::MergeLayout;
 use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
+use crate::merge::{MergeLayout, metric_rows, unit_metric, unit_scores};
 use crate::plan::KernelPlan;
 
 #[derive(Debug)]
@@ -108,8 +108,20 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
         B::merge_kernels_apply(device, layout, groups, dtype)
     }
 
+    fn merge_unit_metric_applies(device: &Self::Device, dtype: DType, elements: usize) -> bool {
+        B::merge_unit_metric_applies(device, dtype, elements)
+    }
+
     fn merge_match(scores: Tensor<Self, 4>, layout: &MergeLayout) -> MergeIndices<Self> {
-        merge_match::<B>(scores, layout)
+        merge_match::<B>(scores, layout, false)
+    }
+
+    fn merge_match_metric(unit: Tensor<Self, 4>, layout: &MergeLayout) -> MergeIndices<Self> {
+        merge_match::<B>(unit, layout, true)
+    }
+
+    fn merge_unit_metric(a: Tensor<Self, 4>, b: Option<Tensor<Self, 4>>) -> Tensor<Self, 4> {
+        merge_unit_metric::<B>(a, b)
     }
 
     fn merge_segment_sum(x: Tensor<Self, 4>, indices: &MergeIndices<Self>, layout: &MergeLayout) -> Tensor<Self, 4> {
@@ -230,21 +242,26 @@ fn index_operands<B: FusionBackend>(indices: &MergeIndices<Fusion<B>>) -> Vec<(K
     v.into_iter().map(|t| (Kind::Int, t.into_primitive())).collect()
 }
 
+/// The matching as one custom op: from the scores (`metric` false, [`SparseAttentionBackend::merge_match`])
+/// or from the unit metric (`metric` true, [`SparseAttentionBackend::merge_match_metric`]).
 pub(super) fn merge_match<B: FusionBackend + SparseAttentionBackend>(
-    scores: Tensor<Fusion<B>, 4>,
+    input: Tensor<Fusion<B>, 4>,
     layout: &MergeLayout,
+    metric: bool,
 ) -> MergeIndices<Fusion<B>> {
-    let [b, m, _, _] = scores.dims();
+    let [b, m, _, _] = input.dims();
     let groups = b * m;
-    if !B::merge_kernels_apply(&scores.device(), layout, groups, scores.dtype()) {
+    if !B::merge_kernels_apply(&input.device(), layout, groups, input.dtype()) {
+        let scores = if metric { unit_scores(input, layout) } else { input };
         return match_reference(scores, layout);
     }
     let (n, n_kept, d, rs) = (layout.n, layout.n_kept(), layout.dst_token.len(), layout.r.max(1));
     let int_dtype = B::IntElem::dtype();
     let shared = Arc::new(layout.clone());
     let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
-        let scores = ins.into_iter().next().map(float::<B>).expect("one input");
-        let idx = B::merge_match(Tensor::from_primitive(TensorPrimitive::Float(scores)), &shared);
+        let x = ins.into_iter().next().map(float::<B>).expect("one input");
+        let x = Tensor::from_primitive(TensorPrimitive::Float(x));
+        let idx = if metric { B::merge_match_metric(x, &shared) } else { B::merge_match(x, &shared) };
         let (o, m) = idx.members.expect("the kernels were checked to apply");
         [idx.slot_of_token, idx.kept_token, o, m].into_iter().map(|t| Prim::Int(t.into_primitive())).collect()
     });
@@ -252,12 +269,42 @@ pub(super) fn merge_match<B: FusionBackend + SparseAttentionBackend>(
         .into_iter()
         .map(|s| (Kind::Int, s, int_dtype))
         .collect();
-    let scores = scores.into_primitive().tensor();
-    let outs = register::<B>("dit_attention::merge_match", vec![(Kind::Float, scores)], outputs, run);
+    let name = if metric { "dit_attention::merge_match_metric" } else { "dit_attention::merge_match" };
+    let outs = register::<B>(name, vec![(Kind::Float, input.into_primitive().tensor())], outputs, run);
     let mut t = outs.into_iter().map(Tensor::<Fusion<B>, 2, Int>::from_primitive);
     let (slot_of_token, kept_token) = (t.next().expect("4"), t.next().expect("4"));
     let members = Some((t.next().expect("4"), t.next().expect("4")));
     MergeIndices { slot_of_token, kept_token, members }
+}
+
+/// The unit metric as one custom op over `a` (and `b`), where the inner backend's kernels take
+/// them; the burn-tensor composite otherwise.
+fn merge_unit_metric<B: FusionBackend + SparseAttentionBackend>(
+    a: Tensor<Fusion<B>, 4>,
+    b: Option<Tensor<Fusion<B>, 4>>,
+) -> Tensor<Fusion<B>, 4> {
+    let [bs, h, n, ca] = a.dims();
+    let cb = b.as_ref().map(|b| b.dims()[3]);
+    let width = cb.map_or(ca, |cb| ca + cb + 2).next_multiple_of(16);
+    let same = b.as_ref().is_none_or(|b| b.dtype() == a.dtype() && b.dims()[..3] == a.dims()[..3]);
+    if !same || !B::merge_unit_metric_applies(&a.device(), a.dtype(), bs * h * n * width) {
+        return unit_metric(metric_rows(a, b));
+    }
+    let dtype = a.dtype();
+    let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
+        let mut ins = ins.into_iter().map(|p| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(float::<B>(p))));
+        let a = ins.next().expect("a");
+        vec![Prim::Float(B::merge_unit_metric(a, ins.next()).into_primitive().tensor())]
+    });
+    let mut inputs = vec![(Kind::Float, a.into_primitive().tensor())];
+    inputs.extend(b.map(|b| (Kind::Float, b.into_primitive().tensor())));
+    let out = register::<B>(
+        "dit_attention::merge_unit_metric",
+        inputs,
+        vec![(Kind::Float, vec![bs, h, n, width], dtype)],
+        run,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out.into_iter().next().expect("one output")))
 }
 
 /// A float kernel over `x` and the indices: segment sums or the unmerge gather.

@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use super::layout::{Destinations, MergeAmount, MergeLayout};
-use super::plan::{MergePlan, MergeWeighting};
+use super::plan::{MergePlan, MergeWeighting, metric_rows};
 use crate::attention::dense_attention;
 use crate::canvas::{Canvas, TextSpec};
 
@@ -218,8 +218,8 @@ impl TokenMergeAttention {
         v: &Tensor<B, 4>,
         metric: Option<Tensor<B, 3>>,
     ) -> crate::Result<MergePlan<B>> {
-        let metric = self.similarity_metric(k, v, metric)?;
-        MergePlan::new(metric, self.layout.clone(), self.config.weighting, None)
+        let unit = self.unit_similarity_metric(k, v, metric)?;
+        MergePlan::from_unit_metric(unit, self.layout.clone(), self.config.weighting, None)
     }
 
     /// The metric the matching compares: `[b, h, n, 2d + 2]` (keys and values with their norms),
@@ -230,13 +230,37 @@ impl TokenMergeAttention {
         v: &Tensor<B, 4>,
         metric: Option<Tensor<B, 3>>,
     ) -> crate::Result<Tensor<B, 4>> {
+        let (a, b) = self.metric_parts(k, v, metric)?;
+        Ok(metric_rows(a, b))
+    }
+
+    /// [`Self::similarity_metric`] with unit rows and channels zero-padded to a multiple of 16,
+    /// as the matching takes it ([`crate::merge::unit_metric`] of it, up to rounding); built by
+    /// [`SparseAttentionBackend::merge_unit_metric`] (one pass over k and v on the kernels'
+    /// backends).
+    pub fn unit_similarity_metric<B: SparseAttentionBackend>(
+        &self,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        metric: Option<Tensor<B, 3>>,
+    ) -> crate::Result<Tensor<B, 4>> {
+        let (a, b) = self.metric_parts(k, v, metric)?;
+        Ok(B::merge_unit_metric(a, b))
+    }
+
+    /// What the metric is made of: keys and values (per head), keys (per head), or the caller's
+    /// shared metric `[b, 1, n, c]`.
+    #[allow(clippy::type_complexity)]
+    fn metric_parts<B: SparseAttentionBackend>(
+        &self,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        metric: Option<Tensor<B, 3>>,
+    ) -> crate::Result<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
         let [b, _, n, _] = k.dims();
         let metric = match (self.config.metric, metric) {
-            (MergeMetric::KeysValues, None) => {
-                let norm = |x: &Tensor<B, 4>| x.clone().powi_scalar(2).sum_dim(3).sqrt();
-                Tensor::cat(vec![k.clone(), norm(k), v.clone(), norm(v)], 3)
-            }
-            (MergeMetric::Keys, None) => k.clone(),
+            (MergeMetric::KeysValues, None) => (k.clone(), Some(v.clone())),
+            (MergeMetric::Keys, None) => (k.clone(), None),
             (MergeMetric::Shared, Some(m)) => {
                 let [mb, mn, _] = m.dims();
                 if mb != b || mn != n {
@@ -246,7 +270,7 @@ impl TokenMergeAttention {
                         got: vec![mb, mn],
                     });
                 }
-                m.unsqueeze_dim(1)
+                (m.unsqueeze_dim(1), None)
             }
             (MergeMetric::Shared, None) => {
                 return Err(DitAttentionError::Invalid(

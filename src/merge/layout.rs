@@ -173,6 +173,7 @@ impl MergeLayout {
     pub fn tables(&self) -> dit_attention_kernels::merge::MatchTables<'_> {
         dit_attention_kernels::merge::MatchTables {
             src_token: &self.src_token,
+            dst_token: &self.dst_token,
             fixed_slot: &self.fixed_slot,
             fixed_kept: &self.fixed_kept,
             dsts: self.dst_token.len(),

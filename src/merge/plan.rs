@@ -12,19 +12,44 @@ use crate::error::{DitAttentionError, Result};
 use crate::glue::{MergeIndices, SparseAttentionBackend};
 
 /// Cosine similarity of every source to every destination, `[b, m, sources, >= dsts]` (columns
-/// past `dsts` are padding and never read), from a metric `[b, m, n, c]`: rows normalised with a
-/// floor of 1e-6 on the norm, zero channels up to a multiple of 16 and zero destinations up to a
-/// multiple of 8 (16-byte aligned rows for the matmul's loads and stores), then one matmul.
+/// past `dsts` are padding and never read), from a metric `[b, m, n, c]`: [`unit_metric`], then
+/// [`unit_scores`].
 pub fn cosine_scores<B: Backend>(metric: Tensor<B, 4>, layout: &MergeLayout) -> Tensor<B, 4> {
+    unit_scores(unit_metric(metric), layout)
+}
+
+/// ToMe's default metric rows `concat(k, ||k||, v, ||v||)` `[b, h, n, d + dv + 2]`, or `k` alone
+/// when `v` is `None`.
+pub fn metric_rows<B: Backend>(k: Tensor<B, 4>, v: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
+    let Some(v) = v else {
+        return k;
+    };
+    let norm = |x: &Tensor<B, 4>| x.clone().powi_scalar(2).sum_dim(3).sqrt();
+    let (nk, nv) = (norm(&k), norm(&v));
+    Tensor::cat(vec![k, nk, v, nv], 3)
+}
+
+/// The metric `[b, m, n, c]` with unit rows (a floor of 1e-6 on the norm) and zero channels up
+/// to a multiple of 16 (16-byte aligned rows for the kernels' and the matmul's loads), which the
+/// matching takes ([`SparseAttentionBackend::merge_match_metric`]).
+pub fn unit_metric<B: Backend>(metric: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, m, n, c] = metric.dims();
-    let device = metric.device();
     let norm = metric.clone().powi_scalar(2).sum_dim(3).sqrt().clamp_min(1e-6);
-    let mut unit = metric / norm;
+    let unit = metric / norm;
     let pad = c.next_multiple_of(16) - c;
-    if pad > 0 {
-        let zeros = Tensor::zeros([b, m, n, pad], (&device, unit.dtype()));
-        unit = Tensor::cat(vec![unit, zeros], 3);
+    if pad == 0 {
+        return unit;
     }
+    let zeros = Tensor::zeros([b, m, n, pad], (&unit.device(), unit.dtype()));
+    Tensor::cat(vec![unit, zeros], 3)
+}
+
+/// Every source's cosine with every destination from a [`unit_metric`], `[b, m, sources, >=
+/// dsts]`: the rows gathered, zero destinations up to a multiple of 8 (16-byte aligned output
+/// rows), one matmul.
+pub fn unit_scores<B: Backend>(unit: Tensor<B, 4>, layout: &MergeLayout) -> Tensor<B, 4> {
+    let [b, m, _, _] = unit.dims();
+    let device = unit.device();
     let pick = |idx: &[u32]| {
         let v: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
         let len = v.len();
@@ -82,7 +107,29 @@ impl<B: SparseAttentionBackend> MergePlan<B> {
         weighting: MergeWeighting,
         sizes: Option<Tensor<B, 3>>,
     ) -> Result<Self> {
-        let [batch, metric_heads, n, c] = metric.dims();
+        if metric.dims().contains(&0) {
+            return Err(DitAttentionError::Invalid(format!(
+                "the metric shape {:?} has a zero dimension",
+                metric.dims()
+            )));
+        }
+        Self::from_unit_metric(unit_metric(metric), layout, weighting, sizes)
+    }
+
+    /// [`Self::new`] from a metric already normalised and padded ([`unit_metric`], or
+    /// [`SparseAttentionBackend::merge_unit_metric`], which builds it from keys and values in
+    /// one pass on the kernels' backends).
+    ///
+    /// # Shapes
+    /// - unit `[b, m, n, c]`: rows of norm 1 (or 0), `c` a multiple of 16
+    /// - sizes `[b, m, n]` (optional incoming sizes)
+    pub fn from_unit_metric(
+        unit: Tensor<B, 4>,
+        layout: Arc<MergeLayout>,
+        weighting: MergeWeighting,
+        sizes: Option<Tensor<B, 3>>,
+    ) -> Result<Self> {
+        let [batch, metric_heads, n, c] = unit.dims();
         if n != layout.n {
             return Err(DitAttentionError::Shape {
                 what: "metric sequence length (text + video tokens)".into(),
@@ -90,10 +137,10 @@ impl<B: SparseAttentionBackend> MergePlan<B> {
                 got: vec![n],
             });
         }
-        if c == 0 || batch == 0 || metric_heads == 0 {
+        if c == 0 || batch == 0 || metric_heads == 0 || !c.is_multiple_of(16) {
             return Err(DitAttentionError::Invalid(format!(
-                "the metric shape {:?} has a zero dimension",
-                metric.dims()
+                "the unit metric shape {:?} has a zero dimension or channels that are not a multiple of 16",
+                unit.dims()
             )));
         }
         if let Some(s) = &sizes
@@ -106,12 +153,12 @@ impl<B: SparseAttentionBackend> MergePlan<B> {
             });
         }
         let groups = batch * metric_heads;
-        let device = metric.device();
-        let dtype = metric.dtype();
+        let device = unit.device();
+        let dtype = unit.dtype();
         let indices = if layout.r == 0 {
             unmerged_indices(&layout, groups, &device)
         } else {
-            B::merge_match(cosine_scores(metric, &layout), &layout)
+            B::merge_match_metric(unit, &layout)
         };
         let weights = match weighting {
             MergeWeighting::Mean => None,

@@ -227,6 +227,62 @@ pub fn check_plan_in<B: SparseAttentionBackend>(
     Ok(())
 }
 
+/// On any metric (random ones included, where precision decides near-ties): every merged
+/// source went to a destination within `tol` of its best cosine, exactly `r` merged, and no
+/// unmerged source is more than `2 tol` more similar than a merged one. The cosines are f64 ones
+/// of the metric as `B` holds it (cast to `dtype`).
+pub fn check_near_optimal<B: SparseAttentionBackend>(
+    case: &MergeCase,
+    device: &B::Device,
+    dtype: Option<DType>,
+    tol: f64,
+) -> Result<(), TestCaseError> {
+    let layout = case.layout();
+    let (b, h, n, c) = (case.batch, case.heads, case.n(), case.channels);
+    let mut metric = Tensor::<B, 4>::from_data(TensorData::new(case.metric(), [b, h, n, c]), fopts::<B>(device));
+    if let Some(d) = dtype {
+        metric = metric.cast(d);
+    }
+    let held = values(metric.clone());
+    let plan = MergePlan::new(metric, layout.clone(), MergeWeighting::Mean, None).unwrap();
+    if layout.r > 0 {
+        prop_assert_eq!(plan.path(), "CubeCL kernels");
+    }
+    let (slots, kept) = (ints(plan.slot_of_token()), ints(plan.kept_token()));
+    let n_kept = layout.n_kept();
+    for g in 0..b * h {
+        let unit = |t: usize| {
+            let x = &held[(g * n + t) * c..(g * n + t + 1) * c];
+            let norm = x.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-6);
+            x.iter().map(|a| a / norm).collect::<Vec<f64>>()
+        };
+        let cos = |s: usize, d: usize| unit(s).iter().zip(unit(d)).map(|(x, y)| x * y).sum::<f64>();
+        let (mut merged_min, mut kept_max, mut merged) = (f64::INFINITY, f64::NEG_INFINITY, 0);
+        for &s in &layout.src_token {
+            let s = s as usize;
+            let best = layout.dst_token.iter().map(|&d| cos(s, d as usize)).fold(f64::NEG_INFINITY, f64::max);
+            let rep = kept[g * n_kept + slots[g * n + s]];
+            if rep == s {
+                kept_max = kept_max.max(best);
+                continue;
+            }
+            merged += 1;
+            merged_min = merged_min.min(best);
+            prop_assert!(layout.dst_token.contains(&(rep as u32)), "source {} merged into non-destination {}", s, rep);
+            let got = cos(s, rep);
+            prop_assert!(got >= best - tol, "group {} source {}: cosine {} to {}, best {}", g, s, got, rep, best);
+        }
+        prop_assert_eq!(merged, layout.r);
+        prop_assert!(
+            merged_min >= kept_max - 2.0 * tol,
+            "a kept source ({}) beats a merged one ({})",
+            kept_max,
+            merged_min
+        );
+    }
+    Ok(())
+}
+
 /// The plan's index tables on `B` equal those of the f64 reference backend `R` exactly, and
 /// merge / unmerge agree within `tol`.
 pub fn check_against<B: SparseAttentionBackend, R: SparseAttentionBackend>(
@@ -286,7 +342,9 @@ macro_rules! gpu_merge_suite {
             #[allow(unused_imports)]
             use proptest::prelude::*;
 
-            use super::common::merge::{MergeCase, check_against, check_plan, check_plan_in, fopts, ints, merge_case};
+            use super::common::merge::{
+                MergeCase, check_against, check_near_optimal, check_plan, check_plan_in, fopts, ints, merge_case,
+            };
             use super::common::{B64, SeedRng, cases, rel_err, values};
 
             type Fused = $fused;
@@ -325,6 +383,89 @@ macro_rules! gpu_merge_suite {
                         Ok(())
                     })
                     .unwrap();
+            }
+
+            /// Random metrics through the fused matching (tensor cores in half precision where
+            /// the runtime has them): every decision within rounding of the f64 optimum.
+            #[test]
+            fn fused_matching_is_near_optimal_on_random_metrics() {
+                let halves: Vec<DType> = $half;
+                let mut dtypes: Vec<(Option<DType>, f64)> = vec![(None, 1e-5)];
+                dtypes.extend(halves.into_iter().map(|d| (Some(d), 2e-2)));
+                let mut runner = proptest::test_runner::TestRunner::new(cases(8));
+                for (dtype, tol) in dtypes {
+                    runner
+                        .run(&merge_case(), |case| {
+                            let case = MergeCase { ties: false, ..case };
+                            check_near_optimal::<Fused>(&case, &gpu(), dtype, tol)?;
+                            check_near_optimal::<Cube>(&case, &gpu(), dtype, tol)
+                        })
+                        .unwrap();
+                }
+            }
+
+            /// The unit metric's kernels (keys and values with their norms, or one part) against
+            /// the burn-tensor composite on the f64 backend, with a zero row (the norm's floor) and
+            /// widths that need padding; in half precision too where the device has it.
+            #[test]
+            fn unit_metric_kernels_match_the_reference() {
+                let halves: Vec<DType> = $half;
+                let mut dtypes: Vec<(Option<DType>, f64)> = vec![(None, 1e-5)];
+                dtypes.extend(halves.into_iter().map(|d| (Some(d), 1e-2)));
+                let mut rng = SeedRng::new(41);
+                for (dtype, tol) in dtypes {
+                    for (ca, cb) in [(5usize, Some(3usize)), (64, Some(64)), (16, None), (7, None)] {
+                        let (b, h, n) = (2, 3, 37);
+                        let mut a_v = rng.normals(b * h * n * ca);
+                        a_v[..ca].iter_mut().for_each(|x| *x = 0.0);
+                        let b_v = cb.map(|cb| {
+                            let mut v = rng.normals(b * h * n * cb);
+                            v[..cb].iter_mut().for_each(|x| *x = 0.0);
+                            v
+                        });
+                        fn unit<B: SparseAttentionBackend>(
+                            a: &[f64],
+                            bv: Option<&Vec<f64>>,
+                            dims: [usize; 4],
+                            cb: Option<usize>,
+                            dtype: Option<DType>,
+                            device: &B::Device,
+                        ) -> Vec<f64> {
+                            let cast = |t: Tensor<B, 4>| dtype.map_or(t.clone(), |d| t.cast(d));
+                            let t = |v: &[f64], c: usize| {
+                                cast(Tensor::<B, 4>::from_data(
+                                    TensorData::new(v.to_vec(), [dims[0], dims[1], dims[2], c]),
+                                    fopts::<B>(device),
+                                ))
+                            };
+                            let a = t(a, dims[3]);
+                            let b = bv.zip(cb).map(|(v, c)| t(v, c));
+                            values(B::merge_unit_metric(a, b))
+                        }
+                        let dims = [b, h, n, ca];
+                        // The reference sees the same rounded inputs: cast there and back.
+                        let rounded = |v: &[f64], c: usize| -> Vec<f64> {
+                            let t = Tensor::<Fused, 4>::from_data(
+                                TensorData::new(v.to_vec(), [b, h, n, c]),
+                                fopts::<Fused>(&gpu()),
+                            );
+                            values(dtype.map_or(t.clone(), |d| t.cast(d)))
+                        };
+                        let (a_r, b_r) = (rounded(&a_v, ca), b_v.as_ref().zip(cb).map(|(v, c)| rounded(v, c)));
+                        let want = unit::<B64>(&a_r, b_r.as_ref(), dims, cb, None, &cpu());
+                        let width = cb.map_or(ca, |cb| ca + cb + 2).next_multiple_of(16);
+                        assert_eq!(want.len(), b * h * n * width);
+                        for got in [
+                            unit::<Fused>(&a_v, b_v.as_ref(), dims, cb, dtype, &gpu()),
+                            unit::<Cube>(&a_v, b_v.as_ref(), dims, cb, dtype, &gpu()),
+                        ] {
+                            assert_eq!(got.len(), want.len());
+                            assert!(got[..width].iter().all(|x| *x == 0.0), "the zero row stays zero");
+                            let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+                            assert!(err <= tol, "{dtype:?} ca {ca} cb {cb:?}: largest difference {err}");
+                        }
+                    }
+                }
             }
 
             /// Tie-heavy cases decide the same way in half precision.

@@ -116,6 +116,20 @@ pub enum ForwardPath {
     Mma,
 }
 
+/// Whether the runtime has what the register-level MMA kernels use for inputs of `elem`:
+/// `mma.sync` m16n8k16 with f32 accumulation, `ldmatrix`, plane shuffles and `cp.async`.
+pub fn mma_available<R: Runtime>(client: &ComputeClient<R>, elem: KernelElem) -> bool {
+    let ab = elem.storage_type();
+    let cd = KernelElem::F32.storage_type();
+    let features = client.features();
+    let manual = MmaConfig { a_type: ab, b_type: ab, cd_type: cd, m: 16, n: 8, k: 16 };
+    elem != KernelElem::F32
+        && features.matmul.mma.contains(&manual)
+        && features.matmul.ldmatrix.contains(&ab)
+        && features.plane.contains(Plane::Ops)
+        && features.copy_async
+}
+
 impl ForwardPath {
     /// The tensor-core path where the runtime reports the needed cmma configuration and the head
     /// dims fit it; the portable path otherwise (decided from the runtime's features only).
@@ -129,16 +143,10 @@ impl ForwardPath {
         }
         let ab = elem.storage_type();
         let cd = KernelElem::F32.storage_type();
-        let features = client.features();
-        let manual = MmaConfig { a_type: ab, b_type: ab, cd_type: cd, m: 16, n: 8, k: 16 };
         let cmma = MmaConfig { a_type: ab, b_type: ab, cd_type: cd, m: 16, n: 16, k: 16 };
-        if features.matmul.mma.contains(&manual)
-            && features.matmul.ldmatrix.contains(&ab)
-            && features.plane.contains(Plane::Ops)
-            && features.copy_async
-        {
+        if mma_available(client, elem) {
             ForwardPath::Mma
-        } else if features.matmul.cmma.contains(&cmma) {
+        } else if client.features().matmul.cmma.contains(&cmma) {
             ForwardPath::TensorCore
         } else {
             ForwardPath::Portable

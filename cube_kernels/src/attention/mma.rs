@@ -24,14 +24,14 @@ use super::portable::NEG_BIG;
 pub const MMA_TILE_K: usize = 64;
 /// Shared-memory row padding (elements): rows 16 bytes apart in the bank pattern, so the eight
 /// rows a fragment load touches hit different banks.
-pub(super) const PAD: usize = 8;
+pub(crate) const PAD: usize = 8;
 
-pub(super) type Pair<E> = Vector<E, Const<2>>;
+pub(crate) type Pair<E> = Vector<E, Const<2>>;
 pub(super) type Oct<E> = Vector<E, Const<8>>;
 
 /// Map position of row `i` of a tile starting at `start`, clamped to the last row before `end`.
 #[cube]
-pub(super) fn tile_row(start: usize, end: usize, i: usize) -> usize {
+pub(crate) fn tile_row(start: usize, end: usize, i: usize) -> usize {
     let mut r = start + i;
     if r >= end {
         r = end - 1;
@@ -43,7 +43,7 @@ pub(super) fn tile_row(start: usize, end: usize, i: usize) -> usize {
 /// `L` addresses row `L % 8` of 8x8 matrix `L / 8`; the matrices are (rows 0-7 | 8-15) x
 /// (columns 0-7 | 8-15), ordered row-half first when `rows_first`, column-half first otherwise.
 #[cube]
-pub(super) fn lane_offset(#[comptime] stride: usize, #[comptime] rows_first: bool) -> u32 {
+pub(crate) fn lane_offset(#[comptime] stride: usize, #[comptime] rows_first: bool) -> u32 {
     let lane = UNIT_POS_X as usize;
     let mi = lane / 8;
     let ri = lane % 8;
@@ -315,6 +315,14 @@ pub fn block_sparse_forward_mma<F: Float>(
     let mut l_a = 0.0f32;
     let mut l_b = 0.0f32;
     let mut s = Array::<Pair<f32>>::new(MMA_TILE_K / 8 * 2);
+    // A per-key bias without partial blocks: each tile's 64 values (as bias / scale, f32) are
+    // staged in shared memory next to its K/V stage, loaded a step ahead by the first 64 units,
+    // so the score loop reads them from shared memory instead of waiting on global loads.
+    let stage_bias = comptime![has_bias && !config.partial];
+    let inv_scale = 1.0f32 / scale;
+    let mut sbias = SharedMemory::<f32>::new(2 * MMA_TILE_K);
+    let mut pending_bias = 0.0f32;
+    let bias_unit = (UNIT_POS as usize) < MMA_TILE_K;
 
     // The visited key blocks as one sequence of 64-key tiles (blocks are never empty): step
     // (e, tile) computes while step (e, tile + 1) or (e + 1, 0) loads.
@@ -361,6 +369,13 @@ pub fn block_sparse_forward_mma<F: Float>(
         );
         bar0.commit_copy_async();
         bar0.arrive();
+        if comptime![stage_bias] {
+            if bias_unit {
+                let key = tile_row(k_start, k_end, UNIT_POS as usize);
+                sbias[UNIT_POS as usize] =
+                    f32::cast_from(bias[bias_base + input_row(&map, key, config.gathered)]) * inv_scale;
+            }
+        }
     }
     let mut step = 0usize;
     while e < vis.count {
@@ -423,7 +438,14 @@ pub fn block_sparse_forward_mma<F: Float>(
                 bar1.commit_copy_async();
                 bar1.arrive();
             }
+            if comptime![stage_bias] {
+                if bias_unit {
+                    let key = tile_row(next, k_end, UNIT_POS as usize);
+                    pending_bias = f32::cast_from(bias[bias_base + input_row(&map, key, config.gathered)]);
+                }
+            }
         }
+        let has_next = e < vis.count;
         let phase = ((step / 2) % 2) as u32;
         if stage == 0 {
             bar0.wait_parity(phase);
@@ -518,17 +540,15 @@ pub fn block_sparse_forward_mma<F: Float>(
                 }
             } else {
                 if comptime![has_bias] {
-                    let inv_scale = 1.0f32 / scale;
                     #[unroll]
                     for j in 0..MMA_TILE_K / 8 {
                         let mut xa = s[j * 2];
                         let mut xb = s[j * 2 + 1];
                         #[unroll]
                         for el in 0..2usize {
-                            // Clamped: a ragged tail's extra keys are masked just below.
-                            let key = tile_row(kt, block_end, j * 8 + t * 2 + el);
-                            let bv =
-                                f32::cast_from(bias[bias_base + input_row(&map, key, config.gathered)]) * inv_scale;
+                            // Staged with the keys clamped to the block: a ragged tail's extra keys
+                            // are masked just below.
+                            let bv = sbias[stage * MMA_TILE_K + j * 8 + t * 2 + el];
                             xa[el] = xa[el] + bv;
                             xb[el] = xb[el] + bv;
                         }
@@ -648,6 +668,13 @@ pub fn block_sparse_forward_mma<F: Float>(
                         o[jn * 2 + 1] = d[1usize];
                     }
                 }
+            }
+        }
+        // The next tile's bias, into the other stage: everyone finished reading it last step
+        // (the barrier at this step's start), and the next step's barrier publishes it.
+        if comptime![stage_bias] {
+            if has_next && bias_unit {
+                sbias[(1 - stage) * MMA_TILE_K + UNIT_POS as usize] = pending_bias * inv_scale;
             }
         }
     }

@@ -125,7 +125,7 @@ fn as_a<F: Float>(x: &Array<Pair<f32>>, a: &mut Array<Pair<F>>) {
 /// caller (see the forward).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn scores_from_regs<F: Float>(
+pub(crate) fn scores_from_regs<F: Float>(
     a: &Array<Pair<F>>,
     smem: &SharedMemory<F>,
     base: usize,

@@ -7,8 +7,8 @@ mod backward_launch;
 mod common;
 mod geometry;
 mod launch;
-mod mma;
-mod mma_backward;
+pub(crate) mod mma;
+pub(crate) mod mma_backward;
 mod portable;
 mod tensor_core;
 mod tiles;
@@ -23,10 +23,10 @@ pub use common::{MapConfig, MapSource, SparseMap, SparseMapLaunch};
 pub use geometry::StaGeometry;
 pub use launch::{
     BlockMapArrays, ForwardOutput, ForwardPath, ForwardProblem, KernelElem, KeyBlocks, forward, forward_elem,
-    forward_portable,
+    forward_portable, mma_available,
 };
 pub use mma::{MMA_TILE_K, block_sparse_forward_mma};
 pub use mma_backward::{block_sparse_backward_dkv_mma, block_sparse_backward_dq_mma};
 pub use portable::{NEG_BIG, block_sparse_forward_portable};
 pub use tensor_core::{TC_ROWS, TC_TILE_K, TC_WARPS, block_sparse_forward_tensor_core};
-pub use tiles::{PortableTiles, dkv_warps, dq_warps, mma_warps, portable_tiles};
+pub use tiles::{PortableTiles, dkv_warps, dq_warps, match_warps, mma_warps, portable_tiles};

@@ -59,6 +59,13 @@ pub fn dkv_warps(max_block: usize) -> usize {
     planes_override("DIT_ATTENTION_DKV_WARPS", &[4, 8]).unwrap_or_else(|| default_planes(max_block))
 }
 
+/// Planes per cube of the tensor-core token matching (16 source rows each; every destination
+/// tile it stages serves all of them): 8 for 128 sources or more, 4 otherwise.
+/// `DIT_ATTENTION_MATCH_WARPS=4|8|16` overrides it, for tuning runs.
+pub fn match_warps(sources: usize) -> usize {
+    planes_override("DIT_ATTENTION_MATCH_WARPS", &[4, 8, 16]).unwrap_or_else(|| default_planes(sources))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

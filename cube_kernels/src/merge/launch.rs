@@ -8,9 +8,14 @@ use crate::array_arg as arr;
 
 use super::gather::{gather_rows, segment_sum};
 use super::matching::{merge_plan, row_argmax};
+use super::metric::metric_unit_rows;
+use super::similarity::{best_match_mma, best_match_portable};
+use crate::attention::mma::PAD;
+use crate::attention::{KernelElem, match_warps, mma_available};
 
-/// Units per cube of the per-group plan kernel.
-const PLAN_UNITS: usize = 256;
+/// Most units per cube of the per-group plan kernel (one cube per group). 1024 against 256
+/// measured the same on the H100 at the CogVideoX-2B shape (about 0.6 ms a matching).
+const PLAN_UNITS: usize = 1024;
 /// Units per cube of the element-wise kernels.
 const ELEM_UNITS: u32 = 256;
 
@@ -19,6 +24,8 @@ const ELEM_UNITS: u32 = 256;
 pub struct MatchTables<'a> {
     /// Token of each source.
     pub src_token: &'a [u32],
+    /// Token of each destination.
+    pub dst_token: &'a [u32],
     /// Slot of each text or destination token, `u32::MAX` for a source (length `n`).
     pub fixed_slot: &'a [u32],
     /// Token of each text or destination slot, `u32::MAX` for a source slot (length `n_kept`).
@@ -80,14 +87,26 @@ pub struct MatchOutput {
     pub members: Handle,
 }
 
+/// Units per cube of the plan kernel: [`PLAN_UNITS`], or the largest power of two the device
+/// allows below it.
+fn plan_units<R: Runtime>(client: &ComputeClient<R>) -> usize {
+    let max = client.properties().hardware.max_units_per_cube as usize;
+    let mut units = PLAN_UNITS;
+    while units > max && units > 1 {
+        units /= 2;
+    }
+    units
+}
+
 /// Destination counters of the plan kernel: a power of two (one compiled kernel per bucket).
-fn counter_slots(dsts: usize) -> usize {
-    dsts.max(PLAN_UNITS).next_power_of_two()
+fn counter_slots(dsts: usize, units: usize) -> usize {
+    dsts.max(units).next_power_of_two()
 }
 
 /// Whether the plan kernel's shared memory (one counter per destination) fits the device.
 pub fn match_fits<R: Runtime>(client: &ComputeClient<R>, dsts: usize) -> bool {
-    let bytes = (counter_slots(dsts) + 2 * PLAN_UNITS) * size_of::<u32>();
+    let units = plan_units(client);
+    let bytes = (counter_slots(dsts, units) + 2 * units) * size_of::<u32>();
     bytes <= client.properties().hardware.max_shared_memory_size
 }
 
@@ -124,6 +143,151 @@ pub fn launch_match<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
             st[3] as u32,
         );
     }
+    launch_plan::<R, I>(client, &best, &best_idx, g, t)
+}
+
+/// How the fused matching ([`launch_match_metric`]) computes its scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricMatchPath {
+    /// One unit per source, f32 arithmetic (any runtime).
+    Portable,
+    /// `mma.sync` on f16/bf16 metrics, f32 scores (CUDA).
+    Mma,
+}
+
+/// Shared memory the tensor-core matching allows its two destination stages.
+const MMA_MATCH_SHARED: usize = 40 * 1024;
+/// Largest metric width (channels) whose A fragments the tensor-core matching keeps in registers.
+const MMA_MATCH_CHANNELS: usize = 272;
+/// Shared memory of the portable matching's destination tile (f32): lavapipe offers 32 KiB.
+const PORTABLE_MATCH_SHARED: usize = 16 * 1024;
+
+/// Destinations per stage of the tensor-core matching at `channels` (a multiple of 16): the
+/// largest of 64, 32, 16 whose two stages fit [`MMA_MATCH_SHARED`].
+fn mma_match_tile(channels: usize, elem_bytes: usize) -> Option<usize> {
+    [64, 32, 16].into_iter().find(|&t| 2 * t * (channels + PAD) * elem_bytes <= MMA_MATCH_SHARED)
+}
+
+/// Destinations per shared-memory tile of the portable matching: the largest power of two up to
+/// 16 whose f32 tile fits [`PORTABLE_MATCH_SHARED`].
+fn portable_match_tile(channels: usize) -> Option<usize> {
+    [16, 8, 4, 2, 1].into_iter().find(|&t| t * channels * size_of::<f32>() <= PORTABLE_MATCH_SHARED)
+}
+
+/// The fused matching's path for a unit metric of `elem` with `channels` (a multiple of 16):
+/// tensor cores where the runtime has `mma.sync`, `ldmatrix` and `cp.async` for `elem` and the
+/// fragments fit; the portable kernel otherwise; `None` when not even its tile fits.
+pub fn metric_match_path<R: Runtime>(
+    client: &ComputeClient<R>,
+    elem: KernelElem,
+    channels: usize,
+) -> Option<MetricMatchPath> {
+    if !channels.is_multiple_of(16) || channels == 0 {
+        return None;
+    }
+    let elem_bytes = elem.size();
+    if elem != KernelElem::F32
+        && channels <= MMA_MATCH_CHANNELS
+        && mma_match_tile(channels, elem_bytes).is_some()
+        && mma_available(client, elem)
+    {
+        return Some(MetricMatchPath::Mma);
+    }
+    portable_match_tile(channels).map(|_| MetricMatchPath::Portable)
+}
+
+/// One fused matching: the unit metric `[groups, n, channels]` (contiguous, rows normalised,
+/// `channels` a multiple of 16) and the layout's tables.
+#[derive(Debug)]
+pub struct MetricMatch<'a> {
+    /// The unit metric.
+    pub unit: Handle,
+    /// Groups (batch x metric heads).
+    pub groups: usize,
+    /// Channels per row (a multiple of 16).
+    pub channels: usize,
+    /// The layout's tables.
+    pub tables: MatchTables<'a>,
+}
+
+/// Each source's best destination straight from the unit metric (no score matrix; see
+/// [`super::best_match_mma`]), then the plan kernel. `path` comes from [`metric_match_path`];
+/// the caller checked [`match_fits`], the grid limit and that every count fits in `u32`.
+pub fn launch_match_metric<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    job: MetricMatch<'_>,
+    path: MetricMatchPath,
+) -> MatchOutput {
+    let t = job.tables;
+    let (g, s, d, c) = (job.groups, t.sources(), t.dsts, job.channels);
+    let rows = g * s;
+    let best = client.empty(rows.max(1) * size_of::<f32>());
+    let best_idx = client.empty(rows.max(1) * size_of::<I>());
+    if rows > 0 && d > 0 {
+        let upload = |v: &[u32]| client.create_from_slice(u32::as_bytes(v));
+        let (src_token, dst_token) = (upload(t.src_token), upload(t.dst_token));
+        let unit_len = g * t.n() * c;
+        match path {
+            MetricMatchPath::Portable => {
+                let units = 64;
+                let tile = portable_match_tile(c).expect("checked by metric_match_path");
+                best_match_portable::launch::<F, I, R>(
+                    client,
+                    CubeCount::Static(s.div_ceil(units) as u32, g as u32, 1),
+                    CubeDim::new_1d(units as u32),
+                    arr(&job.unit, unit_len),
+                    arr(&src_token, s),
+                    arr(&dst_token, d),
+                    arr(&best, rows),
+                    arr(&best_idx, rows),
+                    t.n() as u32,
+                    s as u32,
+                    d as u32,
+                    c,
+                    tile,
+                    units,
+                );
+            }
+            MetricMatchPath::Mma => {
+                let warps = match_warps(s);
+                let tile = mma_match_tile(c, size_of::<F>()).expect("checked by metric_match_path");
+                // SAFETY: every buffer length is its handle's element count; the kernel reads
+                // tokens below `n` (the layout's tables), rows clamped to the last source and
+                // destination, and shared memory inside its stages.
+                unsafe {
+                    best_match_mma::launch_unchecked::<F, I, R>(
+                        client,
+                        CubeCount::Static(s.div_ceil(16 * warps) as u32, g as u32, 1),
+                        CubeDim::new_2d(32, warps as u32),
+                        arr(&job.unit, unit_len),
+                        arr(&src_token, s),
+                        arr(&dst_token, d),
+                        arr(&best, rows),
+                        arr(&best_idx, rows),
+                        t.n() as u32,
+                        s as u32,
+                        d as u32,
+                        c,
+                        tile,
+                        warps,
+                    );
+                }
+            }
+        }
+    }
+    launch_plan::<R, I>(client, &best, &best_idx, g, t)
+}
+
+/// The plan kernel over each source's best score and destination (`[groups, sources]` each).
+fn launch_plan<R: Runtime, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    best: &Handle,
+    best_idx: &Handle,
+    g: usize,
+    t: MatchTables<'_>,
+) -> MatchOutput {
+    let (s, d) = (t.sources(), t.dsts);
+    let rows = g * s;
     let upload = |v: &[u32]| client.create_from_slice(u32::as_bytes(if v.is_empty() { &[0u32] } else { v }));
     let (src_token, fixed_slot, fixed_kept) = (upload(t.src_token), upload(t.fixed_slot), upload(t.fixed_kept));
     let out = MatchOutput {
@@ -133,12 +297,13 @@ pub fn launch_match<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
         members: client.empty(g * t.r_stride() * size_of::<I>()),
     };
     let rank = client.empty(rows.max(1) * size_of::<u32>());
+    let units = plan_units(client);
     merge_plan::launch::<I, R>(
         client,
         CubeCount::Static(g as u32, 1, 1),
-        CubeDim::new_1d(PLAN_UNITS as u32),
-        arr(&best, rows),
-        arr(&best_idx, rows),
+        CubeDim::new_1d(units as u32),
+        arr(best, rows),
+        arr(best_idx, rows),
         arr(&src_token, s),
         arr(&fixed_slot, t.n()),
         arr(&fixed_kept, t.n_kept()),
@@ -155,8 +320,61 @@ pub fn launch_match<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
         t.r_stride() as u32,
         t.dst_slot0 as u32,
         t.src_slot0 as u32,
-        PLAN_UNITS,
-        counter_slots(d),
+        units,
+        counter_slots(d, units),
+    );
+    out
+}
+
+/// Units per cube of the unit-metric kernel.
+const METRIC_UNITS: usize = 256;
+/// Shared memory the unit-metric kernel allows its rows (f32): lavapipe offers 32 KiB.
+const METRIC_SHARED: usize = 16 * 1024;
+
+/// Rows per cube of the unit-metric kernel for rows of `ca + cb` inputs: the largest power of
+/// two up to 64 whose f32 copy fits [`METRIC_SHARED`]; `None` when not even one row does.
+pub fn unit_metric_tile(ca: usize, cb: usize) -> Option<usize> {
+    [64, 32, 16, 8, 4, 2, 1].into_iter().find(|&t| t * (ca + cb).max(1) * size_of::<f32>() <= METRIC_SHARED)
+}
+
+/// The unit metric `[rows, width]` from `a [rows, ca]` and, when given, `b [rows, cb]` (both
+/// contiguous): rows `concat(a, ||a||, b, ||b||)` or `a`, normalised, zero-padded to `width`
+/// (at least the row's length). The caller checked [`unit_metric_tile`] and that `rows *
+/// width` fits in `u32`.
+pub fn launch_unit_metric<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    a: &Handle,
+    b: Option<&Handle>,
+    rows: usize,
+    [ca, cb]: [usize; 2],
+    width: usize,
+) -> Handle {
+    let total = rows * width;
+    let out = client.empty(total.max(1) * size_of::<F>());
+    if total == 0 {
+        return out;
+    }
+    let with_b = b.is_some();
+    let cb = if with_b { cb } else { 0 };
+    let b = b.unwrap_or(a);
+    let b_len = if with_b { rows * cb } else { rows * ca };
+    let tile = unit_metric_tile(ca, cb).expect("checked by the caller");
+    let cubes = rows.div_ceil(tile);
+    let grid_x = cubes.min(u16::MAX as usize);
+    metric_unit_rows::launch::<F, R>(
+        client,
+        CubeCount::Static(grid_x as u32, cubes.div_ceil(grid_x) as u32, 1),
+        CubeDim::new_1d(METRIC_UNITS as u32),
+        arr(a, rows * ca),
+        arr(b, b_len),
+        arr(&out, total),
+        rows as u32,
+        ca,
+        cb,
+        width,
+        with_b,
+        tile,
+        METRIC_UNITS,
     );
     out
 }
