@@ -6,7 +6,9 @@
 //! - [`MergePlan`]: cosine matching of sources to destinations, top-`r` selection, then
 //!   `merge` / `unmerge` of any tensor laid out like the sequence and the sizes for proportional
 //!   attention. On CubeCL backends the matching, the merge and the unmerge run as kernels
-//!   (`dit_attention_kernels::merge`); the similarity itself is a burn matmul.
+//!   (`dit_attention_kernels::merge`): the unit metric in one pass, the cosine scores fused with
+//!   each source's best destination (tensor cores on CUDA), so the score matrix is never formed;
+//!   elsewhere the scores are one burn matmul ([`unit_scores`]).
 //! - [`TokenMergeAttention`]: attention with merged keys/values (KV-only, the default) or merged
 //!   queries too with the output unmerged (full), `log(size)` per-key bias, matching reused
 //!   every `gap` calls through a [`MergeState`] the caller owns.
