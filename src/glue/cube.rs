@@ -343,15 +343,15 @@ pub(crate) mod merge {
         kernel_elem(dtype).is_some_and(|e| e.supported(&R::client(device))) && elements < u32::MAX as usize
     }
 
-    /// The unit metric in two kernel passes (row norms, then the normalised rows) where they
-    /// apply; the burn-tensor composite otherwise.
+    /// The unit metric in one kernel pass (rows staged in shared memory, their norms, the
+    /// normalised rows) where it applies; the burn-tensor composite otherwise.
     pub(crate) fn unit_metric<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         a: Tensor<Cube<R, F, I, BT>, 4>,
         b: Option<Tensor<Cube<R, F, I, BT>, 4>>,
     ) -> Tensor<Cube<R, F, I, BT>, 4> {
         let [bs, h, n, ca] = a.dims();
         let cb = b.as_ref().map_or(0, |b| b.dims()[3]);
-        let width = if b.is_some() { ca + cb + 2 } else { ca }.next_multiple_of(16);
+        let width = crate::merge::unit_metric_width(ca, b.as_ref().map(|_| cb));
         let same = b.as_ref().is_none_or(|b| b.dtype() == a.dtype() && b.dims()[..3] == a.dims()[..3]);
         let rows = bs * h * n;
         let elem = kernel_elem(a.dtype()).filter(|_| same && unit_metric_tile(ca, cb).is_some());

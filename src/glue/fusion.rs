@@ -16,7 +16,7 @@ use dit_attention_kernels::dynamic::SelectJob;
 use super::backend::{BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend};
 use crate::error::Result;
 use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
-use crate::merge::{MergeLayout, metric_rows, unit_metric, unit_scores};
+use crate::merge::{MergeLayout, metric_rows, unit_metric, unit_metric_width, unit_scores};
 use crate::plan::KernelPlan;
 
 #[derive(Debug)]
@@ -285,7 +285,7 @@ fn merge_unit_metric<B: FusionBackend + SparseAttentionBackend>(
 ) -> Tensor<Fusion<B>, 4> {
     let [bs, h, n, ca] = a.dims();
     let cb = b.as_ref().map(|b| b.dims()[3]);
-    let width = cb.map_or(ca, |cb| ca + cb + 2).next_multiple_of(16);
+    let width = unit_metric_width(ca, cb);
     let same = b.as_ref().is_none_or(|b| b.dtype() == a.dtype() && b.dims()[..3] == a.dims()[..3]);
     if !same || !B::merge_unit_metric_applies(&a.device(), a.dtype(), bs * h * n * width) {
         return unit_metric(metric_rows(a, b));

@@ -176,7 +176,6 @@ impl MergeLayout {
             dst_token: &self.dst_token,
             fixed_slot: &self.fixed_slot,
             fixed_kept: &self.fixed_kept,
-            dsts: self.dst_token.len(),
             dst_slot0: self.dst_slot0(),
             src_slot0: self.src_slot0(),
             r: self.r,

@@ -25,4 +25,4 @@ pub mod reference;
 
 pub use attention::{MergeMetric, MergeMode, MergeState, TokenMergeAttention, TokenMergeAttentionConfig};
 pub use layout::{Destinations, MergeAmount, MergeLayout};
-pub use plan::{MergePlan, MergeWeighting, cosine_scores, metric_rows, unit_metric, unit_scores};
+pub use plan::{MergePlan, MergeWeighting, cosine_scores, metric_rows, unit_metric, unit_metric_width, unit_scores};

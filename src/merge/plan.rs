@@ -29,6 +29,12 @@ pub fn metric_rows<B: Backend>(k: Tensor<B, 4>, v: Option<Tensor<B, 4>>) -> Tens
     Tensor::cat(vec![k, nk, v, nv], 3)
 }
 
+/// Channels of the unit metric of [`metric_rows`]`(a, b)` with `ca` (and `cb`) channels:
+/// `ca + cb + 2` (or `ca`) rounded up to a multiple of 16.
+pub fn unit_metric_width(ca: usize, cb: Option<usize>) -> usize {
+    cb.map_or(ca, |cb| ca + cb + 2).next_multiple_of(16)
+}
+
 /// The metric `[b, m, n, c]` with unit rows (a floor of 1e-6 on the norm) and zero channels up
 /// to a multiple of 16 (16-byte aligned rows for the kernels' and the matmul's loads), which the
 /// matching takes ([`SparseAttentionBackend::merge_match_metric`]).

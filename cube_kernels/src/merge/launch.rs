@@ -30,8 +30,6 @@ pub struct MatchTables<'a> {
     pub fixed_slot: &'a [u32],
     /// Token of each text or destination slot, `u32::MAX` for a source slot (length `n_kept`).
     pub fixed_kept: &'a [u32],
-    /// Destinations.
-    pub dsts: usize,
     /// Slot of the first destination.
     pub dst_slot0: usize,
     /// Slot of the first unmerged source.
@@ -52,6 +50,10 @@ impl MatchTables<'_> {
     /// Sources.
     pub fn sources(&self) -> usize {
         self.src_token.len()
+    }
+    /// Destinations.
+    pub fn dsts(&self) -> usize {
+        self.dst_token.len()
     }
     /// Row stride of the member lists (one dummy entry when nothing merges).
     pub fn r_stride(&self) -> usize {
@@ -117,7 +119,7 @@ pub fn launch_match<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
     job: MatchLaunch<'_>,
 ) -> MatchOutput {
     let t = job.tables;
-    let (g, s, d) = (job.groups, t.sources(), t.dsts);
+    let (g, s, d) = (job.groups, t.sources(), t.dsts());
     let rows = g * s;
     let best = client.empty(rows.max(1) * size_of::<f32>());
     let best_idx = client.empty(rows.max(1) * size_of::<I>());
@@ -143,7 +145,12 @@ pub fn launch_match<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
             st[3] as u32,
         );
     }
-    launch_plan::<R, I>(client, &best, &best_idx, g, t)
+    launch_plan::<R, I>(client, &best, &best_idx, &upload_u32(client, t.src_token), g, t)
+}
+
+/// `v` on the device (one dummy entry when empty: empty buffers are not launchable).
+fn upload_u32<R: Runtime>(client: &ComputeClient<R>, v: &[u32]) -> Handle {
+    client.create_from_slice(u32::as_bytes(if v.is_empty() { &[0u32] } else { v }))
 }
 
 /// How the fused matching ([`launch_match_metric`]) computes its scores.
@@ -219,13 +226,13 @@ pub fn launch_match_metric<R: Runtime, F: Float + CubeElement, I: Int + CubeElem
     path: MetricMatchPath,
 ) -> MatchOutput {
     let t = job.tables;
-    let (g, s, d, c) = (job.groups, t.sources(), t.dsts, job.channels);
+    let (g, s, d, c) = (job.groups, t.sources(), t.dsts(), job.channels);
     let rows = g * s;
     let best = client.empty(rows.max(1) * size_of::<f32>());
     let best_idx = client.empty(rows.max(1) * size_of::<I>());
+    let src_token = upload_u32(client, t.src_token);
     if rows > 0 && d > 0 {
-        let upload = |v: &[u32]| client.create_from_slice(u32::as_bytes(v));
-        let (src_token, dst_token) = (upload(t.src_token), upload(t.dst_token));
+        let dst_token = upload_u32(client, t.dst_token);
         let unit_len = g * t.n() * c;
         match path {
             MetricMatchPath::Portable => {
@@ -275,21 +282,22 @@ pub fn launch_match_metric<R: Runtime, F: Float + CubeElement, I: Int + CubeElem
             }
         }
     }
-    launch_plan::<R, I>(client, &best, &best_idx, g, t)
+    launch_plan::<R, I>(client, &best, &best_idx, &src_token, g, t)
 }
 
-/// The plan kernel over each source's best score and destination (`[groups, sources]` each).
+/// The plan kernel over each source's best score and destination (`[groups, sources]` each);
+/// `src_token` holds the tables' source tokens on the device.
 fn launch_plan<R: Runtime, I: Int + CubeElement>(
     client: &ComputeClient<R>,
     best: &Handle,
     best_idx: &Handle,
+    src_token: &Handle,
     g: usize,
     t: MatchTables<'_>,
 ) -> MatchOutput {
-    let (s, d) = (t.sources(), t.dsts);
+    let (s, d) = (t.sources(), t.dsts());
     let rows = g * s;
-    let upload = |v: &[u32]| client.create_from_slice(u32::as_bytes(if v.is_empty() { &[0u32] } else { v }));
-    let (src_token, fixed_slot, fixed_kept) = (upload(t.src_token), upload(t.fixed_slot), upload(t.fixed_kept));
+    let (fixed_slot, fixed_kept) = (upload_u32(client, t.fixed_slot), upload_u32(client, t.fixed_kept));
     let out = MatchOutput {
         slot_of_token: client.empty(g * t.n() * size_of::<I>()),
         kept_token: client.empty(g * t.n_kept() * size_of::<I>()),
@@ -304,7 +312,7 @@ fn launch_plan<R: Runtime, I: Int + CubeElement>(
         CubeDim::new_1d(units as u32),
         arr(best, rows),
         arr(best_idx, rows),
-        arr(&src_token, s),
+        arr(src_token, s),
         arr(&fixed_slot, t.n()),
         arr(&fixed_kept, t.n_kept()),
         arr(&out.slot_of_token, g * t.n()),
@@ -415,7 +423,7 @@ pub fn launch_segment_sum<R: Runtime, F: Float + CubeElement, I: Int + CubeEleme
         dim,
         arr(&x, groups * reps * n * channels),
         arr(&plan.kept_token, groups * n_kept),
-        arr(&plan.member_offsets, groups * (tables.dsts + 1)),
+        arr(&plan.member_offsets, groups * (tables.dsts() + 1)),
         arr(&plan.members, groups * tables.r_stride()),
         arr(&out, total),
         total as u32,
@@ -423,7 +431,7 @@ pub fn launch_segment_sum<R: Runtime, F: Float + CubeElement, I: Int + CubeEleme
         n as u32,
         n_kept as u32,
         channels as u32,
-        tables.dsts as u32,
+        tables.dsts() as u32,
         tables.dst_slot0 as u32,
         tables.r_stride() as u32,
     );
