@@ -4,7 +4,7 @@
 
 use cubecl::prelude::*;
 
-use crate::merge::scan::cube_sum;
+use crate::merge::scan::{cube_scan, cube_sum};
 
 /// An order-preserving map of f32 onto u32 (larger float, larger key; NaN above +inf).
 #[cube]
@@ -40,6 +40,42 @@ pub fn rth_largest_key(values: &Array<f32>, base: usize, len: usize, r: u32, buf
             s += units;
         }
         if cube_sum(c, buf) >= r {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
+/// [`rth_largest_key`] over keys each unit holds in registers: `keys[i]` is the [`order_key`]
+/// of value `i * CUBE_DIM + UNIT_POS`, 0 past the row (no key is counted at 0: the bisection
+/// only asks for keys `>= 1`). No loads in the 32 rounds; their counts go through
+/// [`cube_scan`] (by plane sums where `planes`).
+#[cube]
+pub fn rth_largest_cached(
+    keys: &Array<u32>,
+    r: u32,
+    buf: &mut SharedMemory<u32>,
+    #[comptime] cached: usize,
+    #[comptime] planes: bool,
+) -> u32 {
+    let mut lo = 0u32;
+    let mut hi = 0xFFFF_FFFFu32;
+    if r == 0 {
+        lo = hi;
+    }
+    while lo < hi {
+        let diff = hi - lo;
+        let mid = lo + diff / 2 + (diff & 1);
+        let mut c = 0u32;
+        #[unroll]
+        for i in 0..cached {
+            if keys[i] >= mid {
+                c += 1;
+            }
+        }
+        if cube_scan(c, buf, planes).total >= r {
             lo = mid;
         } else {
             hi = mid - 1;

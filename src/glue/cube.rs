@@ -306,7 +306,7 @@ pub(crate) mod merge {
             && kernel_elem(dtype).is_some_and(|e| e.supported(&client))
             && groups <= GRID_LIMIT
             && counts_fit
-            && match_fits(&client, layout.dst_token.len())
+            && match_fits(&client, layout.src_token.len(), layout.dst_token.len())
     }
 
     fn int_tensor<R: CubeRuntime, I: IntElement, const D: usize>(

@@ -70,7 +70,12 @@ fn walk_next(map: &SparseMap, vis: &Visits, w: &mut TileWalk, max_count: u32, #[
 /// (the lane's row address), transposed on load when the chunk is stored row-major by its
 /// reduction dimension.
 #[cube]
-fn load_b<F: Float>(smem: &SharedMemory<F>, at: usize, out: &mut Array<Pair<F>>, #[comptime] transposed: bool) {
+pub(crate) fn load_b<F: Float>(
+    smem: &SharedMemory<F>,
+    at: usize,
+    out: &mut Array<Pair<F>>,
+    #[comptime] transposed: bool,
+) {
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
     let regs = def.load_matrix::<F, Const<2>>(&smem.slice(at, at + 8), MatrixIdent::B, 4usize, transposed);
     #[unroll]
@@ -81,7 +86,7 @@ fn load_b<F: Float>(smem: &SharedMemory<F>, at: usize, out: &mut Array<Pair<F>>,
 
 /// `acc[at..at + 2] += a * (b[half * 2], b[half * 2 + 1])`: one m16n8k16 MMA.
 #[cube]
-fn mma_add<F: Float>(
+pub(crate) fn mma_add<F: Float>(
     a: &Array<Pair<F>>,
     b: &Array<Pair<F>>,
     acc: &mut Array<Pair<f32>>,
@@ -125,7 +130,7 @@ fn as_a<F: Float>(x: &Array<Pair<f32>>, a: &mut Array<Pair<F>>) {
 /// caller (see the forward).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn scores_from_regs<F: Float>(
+fn scores_from_regs<F: Float>(
     a: &Array<Pair<F>>,
     smem: &SharedMemory<F>,
     base: usize,

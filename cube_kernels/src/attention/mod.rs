@@ -29,4 +29,4 @@ pub use mma::{MMA_TILE_K, block_sparse_forward_mma};
 pub use mma_backward::{block_sparse_backward_dkv_mma, block_sparse_backward_dq_mma};
 pub use portable::{NEG_BIG, block_sparse_forward_portable};
 pub use tensor_core::{TC_ROWS, TC_TILE_K, TC_WARPS, block_sparse_forward_tensor_core};
-pub use tiles::{PortableTiles, dkv_warps, dq_warps, match_warps, mma_warps, portable_tiles};
+pub use tiles::{PortableTiles, dkv_warps, dq_warps, match_row_tiles, match_warps, mma_warps, portable_tiles};

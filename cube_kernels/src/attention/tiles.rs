@@ -66,6 +66,13 @@ pub fn match_warps(sources: usize) -> usize {
     planes_override("DIT_ATTENTION_MATCH_WARPS", &[4, 8, 16]).unwrap_or_else(|| default_planes(sources))
 }
 
+/// Tiles of 16 source rows per plane of the tensor-core token matching: 2 (each destination
+/// fragment it loads from shared memory feeds two MMAs), or 1 with
+/// `DIT_ATTENTION_MATCH_ROWS=16` (`=32` is the default), for tuning runs.
+pub fn match_row_tiles() -> usize {
+    planes_override("DIT_ATTENTION_MATCH_ROWS", &[16, 32]).map_or(2, |rows| rows / 16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! Host side of the token-merging kernels.
 
 use cubecl::calculate_cube_count_elemwise;
+use cubecl::ir::features::Plane;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
@@ -8,14 +9,19 @@ use crate::array_arg as arr;
 
 use super::gather::{gather_rows, segment_sum};
 use super::matching::{merge_plan, row_argmax};
-use super::metric::metric_unit_rows;
+use super::metric::{metric_unit_rows, padded};
 use super::similarity::{best_match_mma, best_match_portable};
 use crate::attention::mma::PAD;
-use crate::attention::{KernelElem, match_warps, mma_available};
+use crate::attention::{KernelElem, match_row_tiles, match_warps, mma_available};
 
-/// Most units per cube of the per-group plan kernel (one cube per group). 1024 against 256
-/// measured the same on the H100 at the CogVideoX-2B shape (about 0.6 ms a matching).
-const PLAN_UNITS: usize = 1024;
+/// Units per cube of the per-group plan kernel (one cube per group) where its sources fit the
+/// register cache: its stable counting sort costs every unit a pass over the chunk, so fewer
+/// units do less work in all.
+const PLAN_UNITS: usize = 256;
+/// Units per cube of the plan kernel for longer rows (up to the device's limit).
+const PLAN_UNITS_LONG: usize = 1024;
+/// Most keys a unit of the plan kernel holds in registers during the top-`r` bisection.
+const PLAN_CACHED: usize = 64;
 /// Units per cube of the element-wise kernels.
 const ELEM_UNITS: u32 = 256;
 
@@ -89,15 +95,40 @@ pub struct MatchOutput {
     pub members: Handle,
 }
 
-/// Units per cube of the plan kernel: [`PLAN_UNITS`], or the largest power of two the device
-/// allows below it.
-fn plan_units<R: Runtime>(client: &ComputeClient<R>) -> usize {
+/// Units per cube of the plan kernel for rows of `sources`, and how many keys each unit caches
+/// in registers (a power of two; 0: none, the bisection reads them from global memory): [`PLAN_UNITS`]
+/// when that many units cache the row, else up to [`PLAN_UNITS_LONG`] (the largest power of two
+/// the device allows).
+fn plan_shape<R: Runtime>(client: &ComputeClient<R>, sources: usize) -> (usize, usize) {
     let max = client.properties().hardware.max_units_per_cube as usize;
-    let mut units = PLAN_UNITS;
-    while units > max && units > 1 {
-        units /= 2;
+    let fit = |cap: usize| {
+        let mut units = cap;
+        while units > max && units > 1 {
+            units /= 2;
+        }
+        units
+    };
+    let mut units = fit(PLAN_UNITS);
+    if sources > units * PLAN_CACHED {
+        units = fit(PLAN_UNITS_LONG);
     }
-    units
+    let per_unit = sources.div_ceil(units).max(1).next_power_of_two();
+    (units, if per_unit <= PLAN_CACHED { per_unit } else { 0 })
+}
+
+/// The device's shared memory per cube (bytes).
+fn max_shared<R: Runtime>(client: &ComputeClient<R>) -> usize {
+    client.properties().hardware.max_shared_memory_size
+}
+
+/// Whether the plan kernel's scans of `units` units can go through plane sums: plane operations,
+/// one plane size, and whole planes.
+fn plan_planes<R: Runtime>(client: &ComputeClient<R>, units: usize) -> bool {
+    let hw = &client.properties().hardware;
+    client.features().plane.contains(Plane::Ops)
+        && hw.plane_size_min == hw.plane_size_max
+        && hw.plane_size_max > 0
+        && units.is_multiple_of(hw.plane_size_max as usize)
 }
 
 /// Destination counters of the plan kernel: a power of two (one compiled kernel per bucket).
@@ -106,8 +137,8 @@ fn counter_slots(dsts: usize, units: usize) -> usize {
 }
 
 /// Whether the plan kernel's shared memory (one counter per destination) fits the device.
-pub fn match_fits<R: Runtime>(client: &ComputeClient<R>, dsts: usize) -> bool {
-    let units = plan_units(client);
+pub fn match_fits<R: Runtime>(client: &ComputeClient<R>, sources: usize, dsts: usize) -> bool {
+    let (units, _) = plan_shape(client, sources);
     let bytes = (counter_slots(dsts, units) + 2 * units) * size_of::<u32>();
     bytes <= client.properties().hardware.max_shared_memory_size
 }
@@ -162,7 +193,8 @@ pub enum MetricMatchPath {
     Mma,
 }
 
-/// Shared memory the tensor-core matching allows its two destination stages.
+/// Shared memory the tensor-core matching allows its two destination stages. Stages of 128
+/// rows (78 KB at 144 channels) measured 6% slower than 64 on the H100.
 const MMA_MATCH_SHARED: usize = 40 * 1024;
 /// Largest metric width (channels) whose A fragments the tensor-core matching keeps in registers.
 const MMA_MATCH_CHANNELS: usize = 272;
@@ -170,9 +202,9 @@ const MMA_MATCH_CHANNELS: usize = 272;
 const PORTABLE_MATCH_SHARED: usize = 16 * 1024;
 
 /// Destinations per stage of the tensor-core matching at `channels` (a multiple of 16): the
-/// largest of 64, 32, 16 whose two stages fit [`MMA_MATCH_SHARED`].
-fn mma_match_tile(channels: usize, elem_bytes: usize) -> Option<usize> {
-    [64, 32, 16].into_iter().find(|&t| 2 * t * (channels + PAD) * elem_bytes <= MMA_MATCH_SHARED)
+/// largest of 64, 32, 16 whose two stages fit [`MMA_MATCH_SHARED`] and the device.
+fn mma_match_tile(channels: usize, elem_bytes: usize, max_shared: usize) -> Option<usize> {
+    [64, 32, 16].into_iter().find(|&t| 2 * t * (channels + PAD) * elem_bytes <= MMA_MATCH_SHARED.min(max_shared))
 }
 
 /// Destinations per shared-memory tile of the portable matching: the largest power of two up to
@@ -195,7 +227,7 @@ pub fn metric_match_path<R: Runtime>(
     let elem_bytes = elem.size();
     if elem != KernelElem::F32
         && channels <= MMA_MATCH_CHANNELS
-        && mma_match_tile(channels, elem_bytes).is_some()
+        && mma_match_tile(channels, elem_bytes, max_shared(client)).is_some()
         && mma_available(client, elem)
     {
         return Some(MetricMatchPath::Mma);
@@ -257,14 +289,15 @@ pub fn launch_match_metric<R: Runtime, F: Float + CubeElement, I: Int + CubeElem
             }
             MetricMatchPath::Mma => {
                 let warps = match_warps(s);
-                let tile = mma_match_tile(c, size_of::<F>()).expect("checked by metric_match_path");
+                let m_tiles = match_row_tiles();
+                let tile = mma_match_tile(c, size_of::<F>(), max_shared(client)).expect("checked by metric_match_path");
                 // SAFETY: every buffer length is its handle's element count; the kernel reads
                 // tokens below `n` (the layout's tables), rows clamped to the last source and
                 // destination, and shared memory inside its stages.
                 unsafe {
                     best_match_mma::launch_unchecked::<F, I, R>(
                         client,
-                        CubeCount::Static(s.div_ceil(16 * warps) as u32, g as u32, 1),
+                        CubeCount::Static(s.div_ceil(16 * m_tiles * warps) as u32, g as u32, 1),
                         CubeDim::new_2d(32, warps as u32),
                         arr(&job.unit, unit_len),
                         arr(&src_token, s),
@@ -277,6 +310,7 @@ pub fn launch_match_metric<R: Runtime, F: Float + CubeElement, I: Int + CubeElem
                         c,
                         tile,
                         warps,
+                        m_tiles,
                     );
                 }
             }
@@ -305,7 +339,7 @@ fn launch_plan<R: Runtime, I: Int + CubeElement>(
         members: client.empty(g * t.r_stride() * size_of::<I>()),
     };
     let rank = client.empty(rows.max(1) * size_of::<u32>());
-    let units = plan_units(client);
+    let (units, cached) = plan_shape(client, s);
     merge_plan::launch::<I, R>(
         client,
         CubeCount::Static(g as u32, 1, 1),
@@ -330,6 +364,8 @@ fn launch_plan<R: Runtime, I: Int + CubeElement>(
         t.src_slot0 as u32,
         units,
         counter_slots(d, units),
+        cached,
+        plan_planes(client, units),
     );
     out
 }
@@ -337,12 +373,14 @@ fn launch_plan<R: Runtime, I: Int + CubeElement>(
 /// Units per cube of the unit-metric kernel.
 const METRIC_UNITS: usize = 256;
 /// Shared memory the unit-metric kernel allows its rows (f32): lavapipe offers 32 KiB.
-const METRIC_SHARED: usize = 16 * 1024;
+const METRIC_SHARED: usize = 20 * 1024;
 
 /// Rows per cube of the unit-metric kernel for rows of `ca + cb` inputs: the largest power of
-/// two up to 64 whose f32 copy fits [`METRIC_SHARED`]; `None` when not even one row does.
+/// two up to 64 whose f32 copy (rows at their padded strides) fits [`METRIC_SHARED`]; `None`
+/// when not even one row does.
 pub fn unit_metric_tile(ca: usize, cb: usize) -> Option<usize> {
-    [64, 32, 16, 8, 4, 2, 1].into_iter().find(|&t| t * (ca + cb).max(1) * size_of::<f32>() <= METRIC_SHARED)
+    let row = padded(ca) + if cb > 0 { padded(cb) } else { 0 };
+    [64, 32, 16, 8, 4, 2, 1].into_iter().find(|&t| t * row * size_of::<f32>() <= METRIC_SHARED)
 }
 
 /// The unit metric `[rows, width]` from `a [rows, ca]` and, when given, `b [rows, cb]` (both

@@ -2,8 +2,8 @@
 
 use cubecl::prelude::*;
 
-use super::scan::{cube_sum, inclusive_scan};
-use crate::rank::{order_key, rth_largest_key};
+use super::scan::cube_scan;
+use crate::rank::{order_key, rth_largest_cached, rth_largest_key};
 
 /// "No value" in the `u32` tables (not a slot, not merged).
 pub const NONE: u32 = 0xFFFF_FFFF;
@@ -66,9 +66,11 @@ pub fn row_argmax<F: Float, I: Int>(
 /// `members [g, r_stride]` (the tokens merged into destination `j` are
 /// `members[offsets[j]..offsets[j + 1]]`, ascending); `member_rank [g, sources]` is scratch.
 ///
-/// The top `r` come from a bisection on the keys' bits (32 cube-wide counts), the ties from a
-/// prefix count in source order, the member lists from a stable counting sort whose counts
-/// live in shared memory (`d_cap >= dsts` of them). No atomics: the result is deterministic.
+/// The top `r` come from a bisection on the keys' bits (32 cube-wide counts over the `cached`
+/// keys each unit holds in registers, or over global memory when `cached` is 0), the ties
+/// from a prefix count in source order, the member lists from a stable counting sort whose
+/// counts live in shared memory (`d_cap >= dsts` of them). No atomics: the result is
+/// deterministic.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn merge_plan<I: Int>(
@@ -92,6 +94,8 @@ pub fn merge_plan<I: Int>(
     src_slot0: u32,
     #[comptime] units: usize,
     #[comptime] d_cap: usize,
+    #[comptime] cached: usize,
+    #[comptime] planes: bool,
 ) {
     let g = CUBE_POS_X as usize;
     let u = UNIT_POS as usize;
@@ -104,22 +108,31 @@ pub fn merge_plan<I: Int>(
     let mut chunk_dst = SharedMemory::<u32>::new(units);
     let mut counts = SharedMemory::<u32>::new(d_cap);
 
-    // Text and destination tokens keep fixed slots.
-    let mut t = u;
-    while t < n_tok {
-        let f = fixed_slot[t];
-        if f != 0xFFFF_FFFFu32 {
-            slot_of_token[g * n_tok + t] = I::cast_from(f);
+    // Text and destination tokens keep fixed slots. Four entries a round, so their loads are
+    // in flight together (the loops below that touch global memory do the same).
+    for i in 0..n_tok.div_ceil(units * 4) {
+        #[unroll]
+        for q in 0..4usize {
+            let t = (i * 4 + q) * units + u;
+            if t < n_tok {
+                let f = fixed_slot[t];
+                if f != 0xFFFF_FFFFu32 {
+                    slot_of_token[g * n_tok + t] = I::cast_from(f);
+                }
+            }
         }
-        t += units;
     }
-    let mut k = u;
-    while k < n_slots {
-        let f = fixed_kept[k];
-        if f != 0xFFFF_FFFFu32 {
-            kept_token[g * n_slots + k] = I::cast_from(f);
+    for i in 0..n_slots.div_ceil(units * 4) {
+        #[unroll]
+        for q in 0..4usize {
+            let k = (i * 4 + q) * units + u;
+            if k < n_slots {
+                let f = fixed_kept[k];
+                if f != 0xFFFF_FFFFu32 {
+                    kept_token[g * n_slots + k] = I::cast_from(f);
+                }
+            }
         }
-        k += units;
     }
     let mut j0 = u;
     while j0 < d_cap {
@@ -127,48 +140,90 @@ pub fn merge_plan<I: Int>(
         j0 += units;
     }
 
-    // The r-th largest key: the largest `lo` with at least r keys >= lo.
-    let lo = rth_largest_key(node_max, row, s_len, r, &mut buf);
-    let threshold = lo;
+    // The r-th largest key: the largest `lo` with at least r keys >= lo; from registers when
+    // this unit's `cached` keys cover the row.
+    let mut keys = Array::<u32>::new(comptime![cached.max(1)]);
+    #[unroll]
+    for i in 0..cached {
+        let s = i * units + u;
+        let mut key = 0u32;
+        if s < s_len {
+            key = order_key(node_max[row + s]);
+        }
+        keys[i] = key;
+    }
+    let threshold = if comptime![cached > 0] {
+        rth_largest_cached(&keys, r, &mut buf, cached, planes)
+    } else {
+        rth_largest_key(node_max, row, s_len, r, &mut buf)
+    };
     let mut above = 0u32;
-    let mut s = u;
-    while s < s_len {
-        if order_key(node_max[row + s]) > threshold {
+    #[unroll]
+    for i in 0..cached {
+        if keys[i] > threshold {
             above += 1;
         }
-        s += units;
+    }
+    if comptime![cached == 0] {
+        let mut s = u;
+        while s < s_len {
+            if order_key(node_max[row + s]) > threshold {
+                above += 1;
+            }
+            s += units;
+        }
     }
     // r == 0: threshold = u32::MAX, nothing above it, and no tie may merge.
-    let need = r - cube_sum(above, &mut buf);
+    let need = r - cube_scan(above, &mut buf, planes).total;
 
-    // Sources in order, one chunk of `units` at a time.
+    // Sources in order, one chunk of `units` at a time. One scan per chunk counts the keys
+    // above the threshold (high half) and at it (low half; `units` < 65,536): ties merge in
+    // source order while `need` lasts.
     let n_chunks = s_len.div_ceil(units);
     let mut eq_run = 0u32;
     let mut unmerged_run = 0u32;
+    // Each round loads the next chunk's values before its scans (they arrive meanwhile).
+    let mut next_key = 0u32;
+    let mut next_dst = 0u32;
+    let mut next_tok = 0u32;
+    if u < s_len {
+        next_key = order_key(node_max[row + u]);
+        next_dst = u32::cast_from(node_idx[row + u]);
+        next_tok = src_token[u];
+    }
     for c in 0..n_chunks {
         let s = c * units + u;
         let valid = s < s_len;
-        let mut key = 0u32;
-        let mut dst = 0u32;
+        let key = next_key;
+        let dst = next_dst;
+        let tok = next_tok;
+        if s + units < s_len {
+            next_key = order_key(node_max[row + s + units]);
+            next_dst = u32::cast_from(node_idx[row + s + units]);
+            next_tok = src_token[s + units];
+        }
+        let mut flags = 0u32;
         if valid {
-            key = order_key(node_max[row + s]);
-            dst = u32::cast_from(node_idx[row + s]);
+            if key > threshold {
+                flags = 0x1_0000u32;
+            } else if key == threshold {
+                flags = 1u32;
+            }
         }
-        let mut eq = 0u32;
-        if valid && key == threshold {
-            eq = 1u32;
-        }
-        let eq_before = eq_run + inclusive_scan(eq, &mut buf) - eq;
-        eq_run += buf[units - 1];
-        let merged = valid && (key > threshold || (eq == 1u32 && eq_before < need));
-        let mut unmerged = 0u32;
-        if valid && !merged {
-            unmerged = 1u32;
-        }
-        let unmerged_before = unmerged_run + inclusive_scan(unmerged, &mut buf) - unmerged;
-        unmerged_run += buf[units - 1];
+        let scan = cube_scan(flags, &mut buf, planes);
+        let prefix = scan.inclusive - flags;
+        let total = scan.total;
+        let remaining = need - u32::min(eq_run, need);
+        let eq_before = prefix & 0xFFFFu32;
+        let merged = valid && (key > threshold || (flags == 1u32 && eq_before < remaining));
+        // Units before a valid one are valid: `u` sources precede it in the chunk.
+        let merged_before = (prefix >> 16) + u32::min(eq_before, remaining);
+        let unmerged_before = unmerged_run + u as u32 - merged_before;
+        let in_chunk = u32::min(units as u32, s_len as u32 - (c * units) as u32);
+        let chunk_merged = (total >> 16) + u32::min(total & 0xFFFFu32, remaining);
+        eq_run += total & 0xFFFFu32;
+        unmerged_run += in_chunk - chunk_merged;
         if valid {
-            let tok = src_token[s];
             let mut slot = dst_slot0 + dst;
             if !merged {
                 slot = src_slot0 + unmerged_before;
@@ -178,25 +233,17 @@ pub fn merge_plan<I: Int>(
         }
 
         // Stable counting sort by destination: rank among this destination's merged sources.
-        let mut mine = 0xFFFF_FFFFu32;
+        // The chunk's merged sources are listed compactly (in source order) so each one
+        // compares against those only.
         if merged {
-            mine = dst;
+            chunk_dst[merged_before as usize] = dst;
         }
-        chunk_dst[u] = mine;
         sync_cube();
         let mut before = 0u32;
         let mut last = true;
         if merged {
-            for v in 0..u {
-                if chunk_dst[v] == mine {
-                    before += 1;
-                }
-            }
-            for v in u + 1..units {
-                if chunk_dst[v] == mine {
-                    last = false;
-                }
-            }
+            before = count_equal(&chunk_dst, 0u32, merged_before, dst);
+            last = count_equal(&chunk_dst, merged_before + 1, chunk_merged, dst) == 0u32;
             member_rank[row + s] = counts[dst as usize] + before;
         } else if valid {
             member_rank[row + s] = 0xFFFF_FFFFu32;
@@ -219,8 +266,9 @@ pub fn merge_plan<I: Int>(
         if j < n_dst {
             cnt = counts[j];
         }
-        let off = off_run + inclusive_scan(cnt, &mut buf) - cnt;
-        off_run += buf[units - 1];
+        let scan = cube_scan(cnt, &mut buf, planes);
+        let off = off_run + scan.inclusive - cnt;
+        off_run += scan.total;
         if j < n_dst {
             member_offsets[offsets_row + j] = I::cast_from(off);
             counts[j] = off;
@@ -233,14 +281,40 @@ pub fn merge_plan<I: Int>(
 
     // Fill: each unit revisits its own sources (it wrote their ranks itself).
     let members_row = g * r_stride as usize;
-    for c in 0..n_chunks {
-        let s = c * units + u;
-        if s < s_len {
-            let rank = member_rank[row + s];
-            if rank != 0xFFFF_FFFFu32 {
-                let dst = u32::cast_from(node_idx[row + s]) as usize;
-                members[members_row + (counts[dst] + rank) as usize] = I::cast_from(src_token[s]);
+    for i in 0..n_chunks.div_ceil(4) {
+        #[unroll]
+        for q in 0..4usize {
+            let s = (i * 4 + q) * units + u;
+            if s < s_len {
+                let rank = member_rank[row + s];
+                if rank != 0xFFFF_FFFFu32 {
+                    let dst = u32::cast_from(node_idx[row + s]) as usize;
+                    members[members_row + (counts[dst] + rank) as usize] = I::cast_from(src_token[s]);
+                }
             }
         }
     }
+}
+
+/// How many of `list[from..to]` equal `value`; four loads a round, so they are in flight
+/// together.
+#[cube]
+fn count_equal(list: &SharedMemory<u32>, from: u32, to: u32, value: u32) -> u32 {
+    let mut n = 0u32;
+    let quads = (to - u32::min(from, to)) / 4;
+    for q in 0..quads {
+        let at = (from + 4 * q) as usize;
+        #[unroll]
+        for k in 0..4usize {
+            if list[at + k] == value {
+                n += 1;
+            }
+        }
+    }
+    for v in from + 4 * quads..to {
+        if list[v as usize] == value {
+            n += 1;
+        }
+    }
+    n
 }

@@ -13,7 +13,7 @@ use cubecl::prelude::barrier::{Barrier, copy_async};
 use cubecl::prelude::*;
 
 use crate::attention::mma::{PAD, Pair, lane_offset, tile_row};
-use crate::attention::mma_backward::scores_from_regs;
+use crate::attention::mma_backward::{load_b, mma_add};
 
 /// Below every finite f32 score; WGSL has no infinity literal.
 const NO_SCORE: f32 = -3.0e38;
@@ -120,15 +120,57 @@ fn copy_dst_rows<F: Float>(
     }
 }
 
+/// `X · Y^T` for one 16-column chunk of Y and `m_tiles` tiles of 16 rows of X: `a` holds the
+/// tiles' A fragments (tile `mt`'s `dim / 16` groups of four from `mt * dim / 4` on), `smem`
+/// holds Y row-major from element `base` (rows `16 * chunk`.., stride `stride`). Each B
+/// fragment is loaded once for all tiles. `c[4 mt..4 mt + 4]` gets tile `mt`'s accumulator
+/// pairs (columns 0-7 rows g | g + 8, then columns 8-15); `lane_b` is this lane's
+/// [`lane_offset`]`(stride, false)`, laundered by the caller.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn scores_tiles<F: Float>(
+    a: &Array<Pair<F>>,
+    smem: &SharedMemory<F>,
+    base: usize,
+    chunk: usize,
+    c: &mut Array<Pair<f32>>,
+    lane_b: usize,
+    #[comptime] dim: usize,
+    #[comptime] stride: usize,
+    #[comptime] m_tiles: usize,
+) {
+    #[unroll]
+    for i in 0..m_tiles * 4 {
+        c[i] = Pair::<f32>::new(0.0f32);
+    }
+    let mut b = Array::<Pair<F>>::new(4usize);
+    let b0 = base + lane_b + chunk * 16 * stride;
+    #[unroll]
+    for kk in 0..dim / 16 {
+        load_b::<F>(smem, b0 + kk * 16, &mut b, false);
+        #[unroll]
+        for mt in 0..m_tiles {
+            let mut af = Array::<Pair<F>>::new(4usize);
+            #[unroll]
+            for r in 0..4usize {
+                af[r] = a[(mt * (dim / 16) + kk) * 4 + r];
+            }
+            mma_add::<F>(&af, &b, c, mt * 4, 0usize);
+            mma_add::<F>(&af, &b, c, mt * 4 + 2, 1usize);
+        }
+    }
+}
+
 /// The register-level tensor-core matching (PTX `mma.sync` m16n8k16, f16/bf16 inputs, f32
 /// scores; the fragment layouts are those of [`crate::attention::block_sparse_forward_mma`]).
-/// A cube is `warps` planes of 16 source rows; each plane keeps its rows' A fragments (all
-/// `channels`, a multiple of 16) in registers, read once from global memory. Destination tiles of
-/// `tile` rows (a multiple of 16) go by `cp.async` into two shared-memory stages (the next lands
-/// while this one computes) and come out by `ldmatrix`; every lane keeps the best of the scores
-/// it holds, and the four lanes of a row settle theirs by two shuffles at the end. The grid is
-/// `(ceil(sources / (16 * warps)), groups)`, the cube `(32, warps)`; `sources` and `dsts` are at
-/// least 1.
+/// A cube is `warps` planes of `16 * m_tiles` source rows; each plane keeps its rows' A
+/// fragments (all `channels`, a multiple of 16) in registers, read once from global memory, and
+/// every B fragment it loads feeds its `m_tiles` row tiles (two halve the shared-memory reads
+/// per MMA). Destination tiles of `tile` rows (a multiple of 16) go by `cp.async` into two
+/// shared-memory stages (the next lands while this one computes) and come out by `ldmatrix`;
+/// every lane keeps the best of the scores it holds, and the four lanes of a row settle theirs
+/// by two shuffles at the end. The grid is `(ceil(sources / (16 * m_tiles * warps)), groups)`,
+/// the cube `(32, warps)`; `sources` and `dsts` are at least 1.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn best_match_mma<F: Float, I: Int>(
@@ -143,6 +185,7 @@ pub fn best_match_mma<F: Float, I: Int>(
     #[comptime] channels: usize,
     #[comptime] tile: usize,
     #[comptime] warps: usize,
+    #[comptime] m_tiles: usize,
 ) {
     let g = CUBE_POS_Y as usize;
     let lane = UNIT_POS_X as usize;
@@ -155,28 +198,31 @@ pub fn best_match_mma<F: Float, I: Int>(
     let threads = warps * 32;
     let cs = channels + PAD;
     let stage_len = tile * cs;
+    let kc = channels / 16;
 
-    // This lane's two source rows (g and g + 8 of the plane's 16); rows past the last source
-    // compute on it and are not written.
-    let row_a = CUBE_POS_X as usize * warps * 16 + warp * 16 + gi;
-    let row_b = row_a + 8;
-    let tok_a = src_token[tile_row(0, n_src, row_a)] as usize;
-    let tok_b = src_token[tile_row(0, n_src, row_b)] as usize;
+    // This lane's source rows: g and g + 8 of each of the plane's 16-row tiles. Rows past the
+    // last source compute on it and are not written.
+    let plane0 = (CUBE_POS_X as usize * warps + warp) * 16 * m_tiles + gi;
 
-    // A fragments: register r of chunk kk holds row g + 8 (r % 2), columns
+    // A fragments: register r of chunk kk of tile mt holds row g + 8 (r % 2), columns
     // 16 kk + 8 (r / 2) + 2t + {0, 1}.
     let unit2 = unit.to_slice().into_vectorized().with_vector_size::<Const<2>>();
-    let mut af = Array::<Pair<F>>::new(channels / 16 * 4);
+    let mut af = Array::<Pair<F>>::new(m_tiles * kc * 4);
     #[unroll]
-    for kk in 0..channels / 16 {
+    for mt in 0..m_tiles {
+        let tok_a = src_token[tile_row(0, n_src, plane0 + mt * 16)] as usize;
+        let tok_b = src_token[tile_row(0, n_src, plane0 + mt * 16 + 8)] as usize;
         #[unroll]
-        for r in 0..4usize {
-            let mut tok = tok_a;
-            if comptime![r % 2 == 1] {
-                tok = tok_b;
+        for kk in 0..kc {
+            #[unroll]
+            for r in 0..4usize {
+                let mut tok = tok_a;
+                if comptime![r % 2 == 1] {
+                    tok = tok_b;
+                }
+                let col = kk * 16 + (r / 2) * 8 + 2 * t;
+                af[(mt * kc + kk) * 4 + r] = unit2[((group_row + tok) * channels + col) / 2];
             }
-            let col = kk * 16 + (r / 2) * 8 + 2 * t;
-            af[kk * 4 + r] = unit2[((group_row + tok) * channels + col) / 2];
         }
     }
 
@@ -190,12 +236,16 @@ pub fn best_match_mma<F: Float, I: Int>(
     sync_cube();
     let lane_d = usize::cast_from(lane_offsets[UNIT_POS as usize]);
 
-    let mut best_a = f32::new(NO_SCORE);
-    let mut best_b = f32::new(NO_SCORE);
-    let mut idx_a = 0u32;
-    let mut idx_b = 0u32;
+    // Slot 2 mt + h: row g + 8 h of tile mt.
+    let mut top = Array::<f32>::new(2 * m_tiles);
+    let mut top_at = Array::<u32>::new(2 * m_tiles);
+    #[unroll]
+    for i in 0..2 * m_tiles {
+        top[i] = f32::new(NO_SCORE);
+        top_at[i] = 0u32;
+    }
     let n_tiles = n_dst.div_ceil(tile);
-    let mut c = Array::<Pair<f32>>::new(4usize);
+    let mut c = Array::<Pair<f32>>::new(4 * m_tiles);
     copy_dst_rows::<F>(unit, dst_token, &mut sd, 0usize, group_row, 0usize, n_dst, tile, channels, cs, threads);
     bar0.commit_copy_async();
     bar0.arrive();
@@ -237,27 +287,35 @@ pub fn best_match_mma<F: Float, I: Int>(
         // Scores of 16 destinations per pass: two 8-column chunks from one ldmatrix.x4.
         #[unroll]
         for jp in 0..tile / 16 {
-            scores_from_regs::<F>(&af, &sd, stage * stage_len, jp, &mut c, lane_d, channels, cs);
-            // `c[q]` holds row g + 8 (q % 2), columns 2t + {0, 1} of chunk q / 2. Per row the
-            // columns come in ascending order (chunk 0, then chunk 1; passes and tiles ascend):
-            // a strict comparison keeps the lowest on ties.
+            scores_tiles::<F>(&af, &sd, stage * stage_len, jp, &mut c, lane_d, channels, cs, m_tiles);
+            // Row g + 8 h of tile mt has its four scores of this pass in `c[4 mt + h]`
+            // (columns 2t, 2t + 1) and `c[4 mt + 2 + h]` (columns 8 + 2t, 9 + 2t). Their maximum
+            // replaces the running best only when strictly larger (passes and tiles ascend:
+            // the lowest column wins a tie), which after the first tiles is rare, so the
+            // column search is off the common path. Columns past the last destination repeat
+            // its row (the staging clamps), so they tie with it and lose to its lower index.
             #[unroll]
-            for q in 0..4usize {
-                let x = c[q];
-                let col = first + jp * 16 + (q / 2) * 8 + 2 * t;
+            for mt in 0..m_tiles {
                 #[unroll]
-                for el in 0..2usize {
-                    let c = col + el;
-                    if comptime![q % 2 == 0] {
-                        if c < n_dst && x[el] > best_a {
-                            best_a = x[el];
-                            idx_a = c as u32;
+                for h in 0..2usize {
+                    let slot = comptime![mt * 2 + h];
+                    let lo = c[mt * 4 + h];
+                    let hi = c[mt * 4 + 2 + h];
+                    let m = f32::max(f32::max(lo[0usize], lo[1usize]), f32::max(hi[0usize], hi[1usize]));
+                    if m > top[slot] {
+                        let col = (first + jp * 16 + 2 * t) as u32;
+                        let mut at = col + 9u32;
+                        if hi[0usize] == m {
+                            at = col + 8u32;
                         }
-                    } else {
-                        if c < n_dst && x[el] > best_b {
-                            best_b = x[el];
-                            idx_b = c as u32;
+                        if lo[1usize] == m {
+                            at = col + 1u32;
                         }
+                        if lo[0usize] == m {
+                            at = col;
+                        }
+                        top[slot] = m;
+                        top_at[slot] = at;
                     }
                 }
             }
@@ -266,29 +324,23 @@ pub fn best_match_mma<F: Float, I: Int>(
 
     // The quad of a row: the larger score, the lower column on ties.
     #[unroll]
-    for sh in 0..2u32 {
-        let mask = sh + 1;
-        let ov = plane_shuffle_xor(best_a, mask);
-        let oi = plane_shuffle_xor(idx_a, mask);
-        if ov > best_a || (ov == best_a && oi < idx_a) {
-            best_a = ov;
-            idx_a = oi;
+    for slot in 0..2 * m_tiles {
+        let mut v = top[slot];
+        let mut at = top_at[slot];
+        #[unroll]
+        for sh in 0..2u32 {
+            let mask = sh + 1;
+            let ov = plane_shuffle_xor(v, mask);
+            let oi = plane_shuffle_xor(at, mask);
+            if ov > v || (ov == v && oi < at) {
+                v = ov;
+                at = oi;
+            }
         }
-        let ov = plane_shuffle_xor(best_b, mask);
-        let oi = plane_shuffle_xor(idx_b, mask);
-        if ov > best_b || (ov == best_b && oi < idx_b) {
-            best_b = ov;
-            idx_b = oi;
-        }
-    }
-    if t == 0 {
-        if row_a < n_src {
-            best[g * n_src + row_a] = best_a;
-            best_idx[g * n_src + row_a] = I::cast_from(idx_a);
-        }
-        if row_b < n_src {
-            best[g * n_src + row_b] = best_b;
-            best_idx[g * n_src + row_b] = I::cast_from(idx_b);
+        let row = plane0 + comptime![(slot / 2) * 16 + (slot % 2) * 8];
+        if t == 0 && row < n_src {
+            best[g * n_src + row] = v;
+            best_idx[g * n_src + row] = I::cast_from(at);
         }
     }
 }
