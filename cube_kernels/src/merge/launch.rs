@@ -140,7 +140,7 @@ fn counter_slots(dsts: usize, units: usize) -> usize {
 pub fn match_fits<R: Runtime>(client: &ComputeClient<R>, sources: usize, dsts: usize) -> bool {
     let (units, _) = plan_shape(client, sources);
     let bytes = (counter_slots(dsts, units) + 2 * units) * size_of::<u32>();
-    bytes <= client.properties().hardware.max_shared_memory_size
+    bytes <= max_shared(client)
 }
 
 /// Row argmax, then the plan kernel (one cube per group). The caller checked [`match_fits`],
