@@ -9,7 +9,9 @@
 //!   at the last (0.90, [0.10, 0.8]): the whole call, the estimate and selection alone, the
 //!   attention over the kept blocks alone, and the achieved density;
 //! - the target of the issue: call <= 1.15 x (density x dense) + estimate, estimate <= 10%;
-//! - Combined attention past its warm-up on the same inputs (pattern or dynamic per head).
+//! - Combined attention past its warm-up on the same inputs (pattern or dynamic per head), alone
+//!   and with token merging of the dynamic heads' keys and values stacked on top (`--merge`, a
+//!   share of the video tokens).
 //!
 //! Writes `dynamic.json` into `--out`; `scripts/bench_vs_torch.py` adds torch SDPA (cuDNN) on
 //! the same shapes, timed in the same run.
@@ -26,9 +28,9 @@ use burn::backend::Cuda;
 use burn::backend::cuda::CudaDevice;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use clap::Parser;
-use dit_attention::combined::{CombinedAttentionConfig, HeadChoice};
+use dit_attention::combined::{CombinedAttentionConfig, HeadChoice, KvMergeConfig};
 use dit_attention::dynamic::{DynamicSparseAttentionConfig, ThresholdSchedule, Thresholds};
-use dit_attention::{AttentionOptions, CallPosition, Canvas, TextSpec};
+use dit_attention::{AttentionOptions, CallPosition, Canvas, MergeAmount, TextSpec};
 use timing::{Res, time_ms};
 
 #[derive(Parser)]
@@ -42,6 +44,12 @@ struct Args {
     /// Comma-separated shapes: cogvideox-2b, cogvideox1.5-5b.
     #[arg(long, default_value = "cogvideox-2b,cogvideox1.5-5b")]
     shapes: String,
+    /// Share of the video tokens merged in the "combined + KV merge" rows (0: no such rows).
+    #[arg(long, default_value_t = 0.45)]
+    merge: f64,
+    /// Only the Combined rows (no dense baseline, no dynamic rows): for profiling one of them.
+    #[arg(long)]
+    combined_only: bool,
 }
 
 type B = Cuda<f32, i32>;
@@ -91,14 +99,14 @@ fn main() -> Res<()> {
         let base = local_features(Canvas::from_slice(&canvas)?, text.len, d);
         let base = Tensor::<B, 4>::from_data(TensorData::new(base, [1, 1, n, d]), &device).expand([batch, heads, n, d]);
         let mut entries = vec![];
-        let mut dense_ms = 0.0;
+        let mut dense_ms = f64::NAN;
         for inputs in ["random", "local"] {
             let make = || match inputs {
                 "random" => noise().cast(DType::BF16),
                 _ => (base.clone() + noise().mul_scalar(0.3)).cast(DType::BF16),
             };
             let (q, k, v) = (make(), make(), noise().cast(DType::BF16));
-            if inputs == "random" {
+            if inputs == "random" && !args.combined_only {
                 dense_ms = time(&|| {
                     dit_attention::dense_attention(q.clone(), k.clone(), v.clone(), None, AttentionOptions::default())?;
                     Ok(())
@@ -109,7 +117,7 @@ fn main() -> Res<()> {
                 ("first step", Thresholds { tau: 0.98, min_ratio: 0.12, max_ratio: 1.0 }),
                 ("last step", Thresholds { tau: 0.90, min_ratio: 0.10, max_ratio: 0.8 }),
             ];
-            for (step, t) in steps {
+            for (step, t) in steps.into_iter().filter(|_| !args.combined_only) {
                 let module = DynamicSparseAttentionConfig::new(canvas)
                     .with_text(text)
                     .with_schedule(ThresholdSchedule::Constant(t))
@@ -144,29 +152,40 @@ fn main() -> Res<()> {
                     "attention_ms": attention_ms, "target_ms": budget,
                 }));
             }
-            // Combined attention past its warm-up, the last step's thresholds for dynamic heads.
-            let combined = CombinedAttentionConfig::new(canvas)
-                .with_text(text)
-                .with_schedule(ThresholdSchedule::Constant(steps[1].1))
-                .init()?;
-            let at = Some(CallPosition::new(0, 10));
-            let call_ms = time(&|| {
-                combined.forward_at(q.clone(), k.clone(), v.clone(), at)?;
-                Ok(())
-            })?;
-            let out = combined.forward_at(q.clone(), k.clone(), v.clone(), at)?;
-            let pattern = out.heads.iter().filter(|&&c| c == HeadChoice::Pattern).count();
-            let density = out.density.iter().sum::<f64>() / out.density.len() as f64;
-            println!(
-                "{name} {inputs} combined: {pattern} of {} heads pattern, density {density:.3}; call {call_ms:.3} ms ({:.2}x dense)",
-                out.heads.len(),
-                dense_ms / call_ms
-            );
-            entries.push(serde_json::json!({
-                "inputs": inputs, "step": "combined (last step)", "tau": steps[1].1.tau, "min_ratio": steps[1].1.min_ratio,
-                "max_ratio": steps[1].1.max_ratio, "density": density, "call_ms": call_ms, "estimate_ms": f64::NAN,
-                "attention_ms": f64::NAN, "target_ms": 1.15 * density * dense_ms, "pattern_heads": pattern,
-            }));
+            // Combined attention past its warm-up, the last step's thresholds for dynamic heads;
+            // then with the dynamic heads' keys and values merged.
+            let merges = if args.merge > 0.0 { vec![None, Some(args.merge)] } else { vec![None] };
+            for merge in merges {
+                let combined = CombinedAttentionConfig::new(canvas)
+                    .with_text(text)
+                    .with_schedule(ThresholdSchedule::Constant(steps[1].1))
+                    .with_kv_merge(merge.map(|x| KvMergeConfig::new(MergeAmount::Ratio(x))))
+                    .init()?;
+                let at = Some(CallPosition::new(0, 10));
+                let call_ms = time(&|| {
+                    combined.forward_at(q.clone(), k.clone(), v.clone(), at)?;
+                    Ok(())
+                })?;
+                let out = combined.forward_at(q.clone(), k.clone(), v.clone(), at)?;
+                let pattern = out.heads.iter().filter(|&&c| c == HeadChoice::Pattern).count();
+                let density = out.density.iter().sum::<f64>() / out.density.len() as f64;
+                let (step, merged) = match (merge, &out.merge) {
+                    (Some(x), Some(plan)) => {
+                        (format!("combined + KV merge {x} (last step)"), plan.layout().r.to_string())
+                    }
+                    _ => ("combined (last step)".to_string(), "0".to_string()),
+                };
+                println!(
+                    "{name} {inputs} {step}: {pattern} of {} heads pattern, {merged} keys merged, density {density:.3}; call {call_ms:.3} ms ({:.2}x dense)",
+                    out.heads.len(),
+                    dense_ms / call_ms
+                );
+                entries.push(serde_json::json!({
+                    "inputs": inputs, "step": step, "tau": steps[1].1.tau, "min_ratio": steps[1].1.min_ratio,
+                    "max_ratio": steps[1].1.max_ratio, "density": density, "call_ms": call_ms, "estimate_ms": f64::NAN,
+                    "attention_ms": f64::NAN, "target_ms": 1.15 * density * dense_ms, "pattern_heads": pattern,
+                }));
+            }
         }
         shapes.push(serde_json::json!({
             "shape": name, "batch": batch, "heads": heads, "n": n, "d": d, "dense_ms": dense_ms, "entries": entries,

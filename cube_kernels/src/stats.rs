@@ -1,4 +1,5 @@
-//! Head statistics of Combined attention: the mass held by the largest entries of each row.
+//! Head statistics of Combined attention: the mass held by the largest entries of each row, the
+//! per-frame masses of each sampled row and the cross-frame similarity energy.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -7,8 +8,8 @@ use crate::array_arg;
 use crate::merge::scan::cube_sum;
 use crate::rank::{order_key, rth_largest_key};
 
-/// Units per cube.
-const UNITS: usize = 256;
+/// Units per cube (and the most frames [`cross_frame_energy`] takes).
+pub const UNITS: usize = 256;
 
 /// Sum of the `m` largest of row `CUBE_POS_X` of `x [rows, n]` (f32, contiguous) into
 /// `out[row]`: the `m`-th largest found exactly ([`rth_largest_key`]), then the values above it
@@ -47,19 +48,9 @@ pub fn top_sum_rows(x: &Array<f32>, out: &mut Array<f32>, n: u32, m: u32, #[comp
     }
     sync_cube();
     let value = sums[0];
-    sync_cube();
-    sums[u] = sum;
-    sync_cube();
-    let mut half = CUBE_DIM as usize / 2;
-    while half > 0 {
-        if u < half {
-            sums[u] += sums[u + half];
-        }
-        sync_cube();
-        half /= 2;
-    }
+    let total = cube_sum_f32(sum, &mut sums);
     if u == 0 {
-        out[row] = sums[0] + f32::cast_from(ties) * value;
+        out[row] = total + f32::cast_from(ties) * value;
     }
 }
 
@@ -75,6 +66,262 @@ pub fn launch_top_sum<R: Runtime>(client: &ComputeClient<R>, x: Handle, rows: us
         array_arg(&out, rows),
         n as u32,
         m as u32,
+        UNITS,
+    );
+    out
+}
+
+/// Where the frames and the text lie in a row of `n` scores (sequence positions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRows {
+    /// Scores per row (text + video).
+    pub n: usize,
+    /// Position of frame 0's first token.
+    pub video_start: usize,
+    /// Frames `t`, and tokens per frame.
+    pub frames: usize,
+    pub frame_len: usize,
+    /// The text's first position and length (0: no text).
+    pub text_start: usize,
+    pub text_len: usize,
+}
+
+impl FrameRows {
+    /// Values [`frame_row_stats`] writes per row: `t` frame masses, the text mass, `t` squared
+    /// norms, the row's maximum and its sum of `exp(x - max)`.
+    pub fn width(&self) -> usize {
+        2 * self.frames + 3
+    }
+}
+
+/// Sum of `value` over the cube (every unit gets it); `buf` holds `CUBE_DIM` values.
+#[cube]
+fn cube_sum_f32(value: f32, buf: &mut SharedMemory<f32>) -> f32 {
+    let u = UNIT_POS as usize;
+    sync_cube();
+    buf[u] = value;
+    sync_cube();
+    let mut half = CUBE_DIM as usize / 2;
+    while half > 0 {
+        if u < half {
+            buf[u] += buf[u + half];
+        }
+        sync_cube();
+        half /= 2;
+    }
+    buf[0]
+}
+
+/// Maximum of `value` over the cube (every unit gets it).
+#[cube]
+fn cube_max_f32(value: f32, buf: &mut SharedMemory<f32>) -> f32 {
+    let u = UNIT_POS as usize;
+    sync_cube();
+    buf[u] = value;
+    sync_cube();
+    let mut half = CUBE_DIM as usize / 2;
+    while half > 0 {
+        if u < half {
+            buf[u] = f32::max(buf[u], buf[u + half]);
+        }
+        sync_cube();
+        half /= 2;
+    }
+    buf[0]
+}
+
+/// Row `CUBE_POS_X` of scores `x [rows, n]`: with `p = softmax(row)` and `e = exp(row - max)`,
+/// writes `out[row * (2t + 3) ..]` = the mass `m_i = sum p` of each frame `i`, the text's mass,
+/// `w_i = sum (p / max(m_i, 1e-30))^2` over frame `i`, the maximum, and `Z = sum e`. One read of
+/// the row for the maximum, one for the sums.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn frame_row_stats<F: Float>(
+    x: &Array<F>,
+    out: &mut Array<f32>,
+    n: u32,
+    video_start: u32,
+    frames: u32,
+    frame_len: u32,
+    text_start: u32,
+    text_len: u32,
+    #[comptime] units: usize,
+) {
+    let row = CUBE_POS_X as usize;
+    let u = UNIT_POS as usize;
+    let len = n as usize;
+    let base = row * len;
+    let t = frames as usize;
+    let hw = frame_len as usize;
+    let width = 2 * t + 3;
+    let mut buf = SharedMemory::<f32>::new(units);
+    let mut top = f32::new(-3.0e38);
+    let mut s = u;
+    while s < len {
+        top = f32::max(top, f32::cast_from(x[base + s]));
+        s += units;
+    }
+    let top = cube_max_f32(top, &mut buf);
+    // Text first: Z needs every part before the masses are written.
+    let mut part = 0.0f32;
+    let mut s = u;
+    while s < text_len as usize {
+        part += f32::exp(f32::cast_from(x[base + text_start as usize + s]) - top);
+        s += units;
+    }
+    let text = cube_sum_f32(part, &mut buf);
+    let mut z = text;
+    for i in 0..t {
+        let start = base + video_start as usize + i * hw;
+        let mut sum = 0.0f32;
+        let mut sq = 0.0f32;
+        let mut s = u;
+        while s < hw {
+            let e = f32::exp(f32::cast_from(x[start + s]) - top);
+            sum += e;
+            sq += e * e;
+            s += units;
+        }
+        let sum = cube_sum_f32(sum, &mut buf);
+        let sq = cube_sum_f32(sq, &mut buf);
+        z += sum;
+        if u == 0 {
+            // Raw sums for now; normalised below once Z is known.
+            out[row * width + i] = sum;
+            out[row * width + t + 1 + i] = sq;
+        }
+    }
+    if u == 0 {
+        let inv = 1.0f32 / z;
+        for i in 0..t {
+            let mass = out[row * width + i] * inv;
+            let kept = f32::max(mass, f32::new(1e-30));
+            let sq = out[row * width + t + 1 + i] * inv * inv;
+            out[row * width + i] = mass;
+            out[row * width + t + 1 + i] = sq / (kept * kept);
+        }
+        out[row * width + t] = text * inv;
+        out[row * width + 2 * t + 1] = top;
+        out[row * width + 2 * t + 2] = z;
+    }
+}
+
+/// Cube `(head, a, i)` (`CUBE_POS_X = (head * samples + a) * t + i`): the squared norm over
+/// frame `i`'s positions of `y = sum_j c_j p_j / max(m_ij, 1e-30)`, where `p_j` is the softmax of
+/// sampled row `a` of query frame `j` (row `head * t * samples + j * samples + a`), `m_ij` its
+/// mass on frame `i`, and `1 / c_j` the norm over the samples of query frame `j`'s rows so
+/// normalised within frame `i` (from [`frame_row_stats`]' `w`). Into `out[cube]`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn cross_frame_energy<F: Float>(
+    x: &Array<F>,
+    stats: &Array<f32>,
+    out: &mut Array<f32>,
+    n: u32,
+    video_start: u32,
+    frames: u32,
+    frame_len: u32,
+    samples: u32,
+    #[comptime] units: usize,
+) {
+    let cube = CUBE_POS_X as usize;
+    let u = UNIT_POS as usize;
+    let t = frames as usize;
+    let s_count = samples as usize;
+    let hw = frame_len as usize;
+    let i = cube % t;
+    let a = (cube / t) % s_count;
+    let head = cube / (t * s_count);
+    let width = 2 * t + 3;
+    let mut buf = SharedMemory::<f32>::new(units);
+    // Per query frame j (t <= units): the coefficient of exp(x - max) and the row's maximum.
+    let mut coefs = SharedMemory::<f32>::new(units);
+    let mut tops = SharedMemory::<f32>::new(units);
+    if u < t {
+        let first = head * t * s_count + u * s_count;
+        let mut norm2 = 0.0f32;
+        for b in 0..s_count {
+            norm2 += stats[(first + b) * width + t + 1 + i];
+        }
+        let norm = f32::max(f32::sqrt(norm2), f32::new(1e-30));
+        let row = (first + a) * width;
+        let mass = f32::max(stats[row + i], f32::new(1e-30));
+        coefs[u] = 1.0f32 / (stats[row + 2 * t + 2] * mass * norm);
+        tops[u] = stats[row + 2 * t + 1];
+    }
+    sync_cube();
+    let mut energy = 0.0f32;
+    let mut s = u;
+    while s < hw {
+        let mut y = 0.0f32;
+        for j in 0..t {
+            let row = head * t * s_count + j * s_count + a;
+            let at = row * n as usize + video_start as usize + i * hw + s;
+            y += coefs[j] * f32::exp(f32::cast_from(x[at]) - tops[j]);
+        }
+        energy += y * y;
+        s += units;
+    }
+    let total = cube_sum_f32(energy, &mut buf);
+    if u == 0 {
+        out[cube] = total;
+    }
+}
+
+/// Launches [`frame_row_stats`] over `rows` rows of scores of element `F` (contiguous,
+/// `rows <= 65,535`, checked by the caller). Returns `[rows, geometry.width()]` f32.
+pub fn launch_frame_row_stats<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    x: &Handle,
+    rows: usize,
+    geometry: FrameRows,
+) -> Handle {
+    let g = geometry;
+    let out = client.empty(rows * g.width() * size_of::<f32>());
+    frame_row_stats::launch::<F, R>(
+        client,
+        CubeCount::Static(rows as u32, 1, 1),
+        CubeDim::new_1d(UNITS as u32),
+        array_arg(x, rows * g.n),
+        array_arg(&out, rows * g.width()),
+        g.n as u32,
+        g.video_start as u32,
+        g.frames as u32,
+        g.frame_len as u32,
+        g.text_start as u32,
+        g.text_len as u32,
+        UNITS,
+    );
+    out
+}
+
+/// Launches [`cross_frame_energy`] for `heads` heads of `t * samples` rows each: `x` the scores,
+/// `row_stats` [`frame_row_stats`]'s output. Returns `[heads, samples, t]` f32
+/// (`heads * samples * t <= 65,535`, `t <= 256`, checked by the caller).
+pub fn launch_cross_frame_energy<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    [x, row_stats]: [&Handle; 2],
+    heads: usize,
+    samples: usize,
+    geometry: FrameRows,
+) -> Handle {
+    let g = geometry;
+    let t = g.frames;
+    let rows = heads * t * samples;
+    let cubes = heads * samples * t;
+    let out = client.empty(cubes * size_of::<f32>());
+    cross_frame_energy::launch::<F, R>(
+        client,
+        CubeCount::Static(cubes as u32, 1, 1),
+        CubeDim::new_1d(UNITS as u32),
+        array_arg(x, rows * g.n),
+        array_arg(row_stats, rows * g.width()),
+        array_arg(&out, cubes),
+        g.n as u32,
+        g.video_start as u32,
+        t as u32,
+        g.frame_len as u32,
+        samples as u32,
         UNITS,
     );
     out

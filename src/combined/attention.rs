@@ -5,12 +5,14 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::kv_merge::{KvMerge, KvMergeConfig};
 use super::pattern::{PatternGeometry, PatternStats};
 use crate::attention::{CallPosition, check_backend, dense_attention};
 use crate::canvas::{Canvas, TextSpec};
 use crate::dynamic::{DynamicSparseAttention, DynamicSparseAttentionConfig, ThresholdSchedule};
 use crate::error::DitAttentionError;
 use crate::glue::{SparseAttentionBackend, index_tensor};
+use crate::merge::MergePlan;
 use crate::plan::KernelPlan;
 use crate::reference::{AttentionOptions, AttentionOutput, check_qkv};
 use crate::rng::{SplitMix, call_seed};
@@ -58,6 +60,10 @@ pub struct CombinedAttentionConfig {
     /// Score scale (default: `1 / sqrt(head_dim)`).
     #[config(default = "None")]
     pub scale: Option<f64>,
+    /// Token merging of the dynamic heads' keys and values, matched on every call past the
+    /// warm-up (default: none). The block budgets stay ratios of the unmerged key blocks.
+    #[config(default = "None")]
+    pub kv_merge: Option<KvMergeConfig>,
 }
 
 impl CombinedAttentionConfig {
@@ -89,7 +95,8 @@ impl CombinedAttentionConfig {
             .with_seed(self.seed)
             .with_scale(self.scale)
             .init()?;
-        Ok(CombinedAttention { config: self.clone(), geometry, dynamic })
+        let merge = self.kv_merge.as_ref().map(|m| m.init(self.canvas, self.text, self.scale)).transpose()?;
+        Ok(CombinedAttention { config: self.clone(), geometry, dynamic, merge })
     }
 }
 
@@ -114,8 +121,12 @@ pub struct CombinedOutput<B: SparseAttentionBackend> {
     pub heads: Vec<HeadChoice>,
     /// The statistics behind the choices (`None` in the warm-up).
     pub stats: Option<PatternStats>,
-    /// Fraction of query-key pairs computed per (batch, head) (1 in the warm-up).
+    /// Fraction of query-key pairs computed per (batch, head), over the unmerged `n x n` (1 in
+    /// the warm-up).
     pub density: Vec<f64>,
+    /// With KV merging: the matching of the dynamic heads, in their order among the heads
+    /// (`None` in the warm-up, without merging, or with no dynamic head).
+    pub merge: Option<MergePlan<B>>,
 }
 
 /// Combined attention (no parameters): swap it in for a DiT's attention core.
@@ -127,6 +138,8 @@ pub struct CombinedAttention {
     geometry: PatternGeometry,
     #[module(skip)]
     dynamic: DynamicSparseAttention,
+    #[module(skip)]
+    merge: Option<KvMerge>,
 }
 
 impl CombinedAttention {
@@ -212,6 +225,7 @@ impl CombinedAttention {
                 heads: vec![],
                 stats: None,
                 density: vec![1.0; b * h],
+                merge: None,
             });
         }
         let scale = options.scale_for(d);
@@ -224,6 +238,7 @@ impl CombinedAttention {
         let device = q.device();
         let (mut outputs, mut lses, mut order) = (vec![], vec![], vec![]);
         let mut density = vec![0.0; b * h];
+        let mut merge = None;
         for choice in [HeadChoice::Pattern, HeadChoice::Dynamic] {
             let members: Vec<usize> = (0..b * h).filter(|&i| heads[i] == choice).collect();
             if members.is_empty() {
@@ -244,7 +259,14 @@ impl CombinedAttention {
                     (out.output, out.lse)
                 }
                 HeadChoice::Dynamic => {
-                    let out = self.dynamic.forward_at(pick(&q), pick(&k), pick(&v), None, position)?;
+                    let out = match &self.merge {
+                        Some(m) => {
+                            let kv = m.apply(pick(&k), pick(&v))?;
+                            merge = Some(kv.plan);
+                            self.dynamic.forward_at(pick(&q), kv.k, kv.v, Some(kv.bias), position)?
+                        }
+                        None => self.dynamic.forward_at(pick(&q), pick(&k), pick(&v), None, position)?,
+                    };
                     for (i, x) in out.head_densities().into_iter().enumerate() {
                         density[members[i]] = x;
                     }
@@ -258,7 +280,7 @@ impl CombinedAttention {
         if outputs.len() == 1 {
             let (output, lse) = (outputs.remove(0), lses.remove(0));
             let (output, lse) = (output.reshape([b, h, n, dv]), lse.reshape([b, h, n]));
-            return Ok(CombinedOutput { output, lse, heads, stats: Some(stats), density });
+            return Ok(CombinedOutput { output, lse, heads, stats: Some(stats), density, merge });
         }
         // `order[j]` is the head at position j of the concatenation; invert it.
         let mut back = vec![0; b * h];
@@ -270,6 +292,6 @@ impl CombinedAttention {
             output: Tensor::cat(outputs, 1).select(1, back.clone()).reshape([b, h, n, dv]),
             lse: Tensor::cat(lses, 1).select(1, back).reshape([b, h, n]),
         };
-        Ok(CombinedOutput { output: out.output, lse: out.lse, heads, stats: Some(stats), density })
+        Ok(CombinedOutput { output: out.output, lse: out.lse, heads, stats: Some(stats), density, merge })
     }
 }

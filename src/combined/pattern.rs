@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use dit_attention_kernels::stats::FrameRows;
 
 use crate::attention::{attention_with_plan, dense_attention};
 use crate::canvas::{Canvas, TextPlacement, TextSpec, TokenOrder, VideoLayout};
@@ -124,35 +125,34 @@ impl PatternGeometry {
         let idx = index_tensor::<B>(self.sampled_rows(spatial), &q.device());
         // Statistics only: no gradient flows through them.
         let scores = q.clone().detach().select(2, idx).mul_scalar(scale).matmul(k.clone().detach().swap_dims(2, 3));
-        // In f32 at least: half-precision probabilities lose the small masses.
-        let scores = match scores.dtype() {
-            DType::F16 | DType::BF16 => scores.cast(DType::F32),
-            _ => scores,
-        };
-        let probs = burn::tensor::activation::softmax(scores, 3).reshape([p, t * s, n]);
-        let video = probs.clone().narrow(2, self.video_start(), t * hw).reshape([p, t * s, t, hw]);
-        let frame_mass = video.clone().sum_dim(3).reshape([p, t * s, t]);
-        let text_len = self.text().len;
-        let text_mass = if text_len > 0 {
-            probs.clone().narrow(2, self.text_start(), text_len).sum_dim(2)
-        } else {
-            Tensor::zeros([p, t * s, 1], (&q.device(), frame_mass.dtype()))
-        };
-        let mass = Tensor::cat(vec![frame_mass.clone(), text_mass], 2).reshape([p, t, s, t + 1]).mean_dim(2);
-        // Top keys of frame-0 sampled queries.
+        let scores = scores.reshape([p, t * s, n]);
         let top = ((top_fraction * n as f64).ceil() as usize).clamp(1, n);
+        let rows = FrameRows {
+            n,
+            video_start: self.video_start(),
+            frames: t,
+            frame_len: hw,
+            text_start: self.text_start(),
+            text_len: self.text().len,
+        };
+        let (mass, frame0, gram) = match B::frame_statistics(scores.clone(), s, &rows) {
+            // Kernels: per-row masses and norms, then the cross-frame energy, without a
+            // probability tensor; the softmax of frame 0's rows alone for the top mass.
+            Some((row_stats, gram)) => {
+                let mass = row_stats.narrow(2, 0, t + 1).reshape([p, t, s, t + 1]).mean_dim(2).reshape([p, t, t + 1]);
+                let frame0 = burn::tensor::activation::softmax(scores.narrow(1, 0, s).cast(DType::F32), 2);
+                (mass, frame0.reshape([p * s, n]), gram)
+            }
+            None => self.stats_composite(scores, s),
+        };
         // A NaN probability (non-finite scores) counts as 0 on every backend.
-        let frame0 = probs.narrow(1, 0, s).reshape([p * s, n]);
         let frame0 = frame0.clone().mask_fill(frame0.is_nan(), 0.0);
         let top_mass = B::top_sum(frame0, top).reshape([p, s]).mean_dim(1);
-        // Per key frame i, the sampled rows of each query frame j normalised within frame i,
-        // flattened over (sampled row, key) and scaled to unit length: x[i][j]. The sum of the
-        // cosines over all (j, j') is |sum_j x[i][j]|^2, so no Gram matrix is formed.
-        let within = (video / frame_mass.clamp_min(1e-30).unsqueeze_dim::<4>(3)).reshape([p, t, s, t, hw]);
-        let norm = within.clone().powi_scalar(2).sum_dim(4).sum_dim(2).sqrt().clamp_min(1e-30);
-        let gram = (within / norm).sum_dim(1).powi_scalar(2).reshape([p, s * t * hw]).sum_dim(1);
-        let values =
-            to_f64_vec(Tensor::cat(vec![mass.reshape([p * t * (t + 1)]), top_mass.reshape([p]), gram.reshape([p])], 0));
+        let dtype = mass.dtype();
+        let values = to_f64_vec(Tensor::cat(
+            vec![mass.reshape([p * t * (t + 1)]), top_mass.reshape([p]).cast(dtype), gram.reshape([p]).cast(dtype)],
+            0,
+        ));
         let (mass, rest) = values.split_at(p * t * (t + 1));
         let similarity = (0..p)
             .map(|h| if t == 1 { 1.0 } else { (rest[p + h] - (t * t) as f64) / (t * t * (t - 1)) as f64 })
@@ -163,6 +163,40 @@ impl PatternGeometry {
             top_mass: rest[..p].to_vec(),
             similarity,
         }
+    }
+
+    /// The statistics of [`Self::stats`] from burn ops on scores `[P, t * s, n]`: the mass map
+    /// `[P, t, t + 1]`, frame 0's probabilities `[P * s, n]` and the cross-frame energy `[P]`.
+    fn stats_composite<B: SparseAttentionBackend>(
+        &self,
+        scores: Tensor<B, 3>,
+        s: usize,
+    ) -> (Tensor<B, 3>, Tensor<B, 2>, Tensor<B, 1>) {
+        let [p, _, n] = scores.dims();
+        let (t, hw) = (self.frames, self.frame_len);
+        // In f32 at least: half-precision probabilities lose the small masses.
+        let scores = match scores.dtype() {
+            DType::F16 | DType::BF16 => scores.cast(DType::F32),
+            _ => scores,
+        };
+        let probs = burn::tensor::activation::softmax(scores, 2);
+        let video = probs.clone().narrow(2, self.video_start(), t * hw).reshape([p, t * s, t, hw]);
+        let frame_mass = video.clone().sum_dim(3).reshape([p, t * s, t]);
+        let text_len = self.text().len;
+        let text_mass = if text_len > 0 {
+            probs.clone().narrow(2, self.text_start(), text_len).sum_dim(2)
+        } else {
+            Tensor::zeros([p, t * s, 1], (&probs.device(), frame_mass.dtype()))
+        };
+        let mass = Tensor::cat(vec![frame_mass.clone(), text_mass], 2).reshape([p, t, s, t + 1]).mean_dim(2);
+        let frame0 = probs.narrow(1, 0, s).reshape([p * s, n]);
+        // Per key frame i, the sampled rows of each query frame j normalised within frame i,
+        // flattened over (sampled row, key) and scaled to unit length: x[i][j]. The sum of the
+        // cosines over all (j, j') is |sum_j x[i][j]|^2, so no Gram matrix is formed.
+        let within = (video / frame_mass.clamp_min(1e-30).unsqueeze_dim::<4>(3)).reshape([p, t, s, t, hw]);
+        let norm = within.clone().powi_scalar(2).sum_dim(4).sum_dim(2).sqrt().clamp_min(1e-30);
+        let gram = (within / norm).sum_dim(1).powi_scalar(2).reshape([p, s * t * hw]).sum_dim(1);
+        (mass.reshape([p, t, t + 1]), frame0, gram.reshape([p]))
     }
 
     fn text_start(&self) -> usize {

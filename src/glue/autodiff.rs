@@ -11,6 +11,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::{DType, Tensor, backend::Backend, ops::FloatTensor};
 
 use dit_attention_kernels::dynamic::SelectJob;
+use dit_attention_kernels::stats::FrameRows;
 
 use super::backend::{BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend};
 use crate::error::Result;
@@ -140,6 +141,25 @@ impl<B: SparseAttentionBackend, C: CheckpointStrategy> SparseAttentionBackend fo
 
     fn top_sum(x: Tensor<Self, 2>, m: usize) -> Tensor<Self, 1> {
         Tensor::from_inner(B::top_sum(x.inner(), m))
+    }
+
+    fn frame_statistics_apply(
+        device: &Self::Device,
+        dtype: DType,
+        heads: usize,
+        samples: usize,
+        rows: &FrameRows,
+    ) -> bool {
+        B::frame_statistics_apply(device, dtype, heads, samples, rows)
+    }
+
+    fn frame_statistics(
+        scores: Tensor<Self, 3>,
+        samples: usize,
+        rows: &FrameRows,
+    ) -> Option<(Tensor<Self, 3>, Tensor<Self, 1>)> {
+        let (stats, energy) = B::frame_statistics(scores.inner(), samples, rows)?;
+        Some((Tensor::from_inner(stats), Tensor::from_inner(energy)))
     }
 
     fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {

@@ -6,6 +6,7 @@ use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend, ops::F
 use std::sync::Arc;
 
 use dit_attention_kernels::dynamic::SelectJob;
+use dit_attention_kernels::stats::FrameRows;
 
 use crate::combined::top_sum_reference;
 use crate::dynamic::select_reference;
@@ -82,6 +83,36 @@ pub trait SparseAttentionBackend: Backend {
     /// the sparsity statistic of Combined attention. No gradient.
     fn top_sum(x: Tensor<Self, 2>, m: usize) -> Tensor<Self, 1> {
         top_sum_reference(x, m)
+    }
+
+    /// Whether [`frame_statistics`](Self::frame_statistics) runs kernels for `heads` heads of
+    /// `t * samples` sampled rows of scores in `dtype` (otherwise Combined attention's burn-op
+    /// composite runs).
+    fn frame_statistics_apply(
+        device: &Self::Device,
+        dtype: DType,
+        heads: usize,
+        samples: usize,
+        rows: &FrameRows,
+    ) -> bool {
+        let _ = (device, dtype, heads, samples, rows);
+        false
+    }
+
+    /// Combined attention's statistics of the sampled rows' scores `[P, t * samples, n]` (query
+    /// frame after query frame, `samples` rows each), where
+    /// [`frame_statistics_apply`](Self::frame_statistics_apply) (`None` elsewhere): per row the frame masses, the
+    /// text mass, the squared norms, maximum and sum of `dit_attention_kernels::stats::frame_row_stats`
+    /// (`[P, t * samples, 2t + 3]` f32), and per head the cross-frame energy `sum_i |sum_j x_ij|^2`
+    /// (`[P]` f32; see [`crate::combined`]). No gradient.
+    #[allow(clippy::type_complexity)]
+    fn frame_statistics(
+        scores: Tensor<Self, 3>,
+        samples: usize,
+        rows: &FrameRows,
+    ) -> Option<(Tensor<Self, 3>, Tensor<Self, 1>)> {
+        let _ = (scores, samples, rows);
+        None
     }
 
     /// Attention over per-(batch-head) key-block lists (every listed block full), e.g. from

@@ -10,6 +10,7 @@ use dit_attention_kernels::attention::{
 
 use dit_attention_kernels::dynamic::SelectJob;
 use dit_attention_kernels::matmul::{launch_batched_matmul, matmul_fits};
+use dit_attention_kernels::stats::FrameRows;
 
 use super::backend::{
     BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend, reference_backward,
@@ -133,6 +134,24 @@ where
 
     fn top_sum(x: Tensor<Self, 2>, m: usize) -> Tensor<Self, 1> {
         super::cube_dynamic::top_sum(x, m)
+    }
+
+    fn frame_statistics_apply(
+        device: &Self::Device,
+        dtype: DType,
+        heads: usize,
+        samples: usize,
+        rows: &FrameRows,
+    ) -> bool {
+        super::cube_dynamic::frame_statistics_apply::<R>(device, dtype, heads, samples, rows)
+    }
+
+    fn frame_statistics(
+        scores: Tensor<Self, 3>,
+        samples: usize,
+        rows: &FrameRows,
+    ) -> Option<(Tensor<Self, 3>, Tensor<Self, 1>)> {
+        super::cube_dynamic::frame_statistics(scores, samples, rows)
     }
 
     fn checked_matmul(a: Tensor<Self, 4>, b: Tensor<Self, 4>) -> Tensor<Self, 4> {
@@ -301,11 +320,10 @@ pub(crate) mod merge {
         dtype: DType,
     ) -> bool {
         let client = R::client(device);
-        let counts_fit = (groups * layout.n.max(layout.src_token.len() * layout.dst_token.len())) < u32::MAX as usize;
         layout.r > 0
             && kernel_elem(dtype).is_some_and(|e| e.supported(&client))
             && groups <= GRID_LIMIT
-            && counts_fit
+            && groups * layout.n < u32::MAX as usize
             && match_fits(&client, layout.src_token.len(), layout.dst_token.len())
     }
 
@@ -323,7 +341,9 @@ pub(crate) mod merge {
     ) -> MergeIndices<Cube<R, F, I, BT>> {
         let [outer, inner, _, _] = scores.dims();
         let groups = outer * inner;
-        if !applies::<R>(&scores.device(), layout, groups, scores.dtype()) {
+        // The kernel indexes the score matrix in 32 bits (the fused matching forms none).
+        let scores_fit = groups * layout.src_token.len() * layout.dst_token.len() < u32::MAX as usize;
+        if !scores_fit || !applies::<R>(&scores.device(), layout, groups, scores.dtype()) {
             return match_reference(scores, layout);
         }
         // The scores as the matmul wrote them: the kernel reads any strides (no 4 GB copy).

@@ -1,13 +1,15 @@
 //! Dynamic block-sparse and Combined attention on CubeCL backends: the selection kernel, the
-//! forward kernel reading the kept blocks where the selection wrote them, and the top-mass
-//! statistic.
+//! forward kernel reading the kept blocks where the selection wrote them, the top-mass and the
+//! frame statistics.
 
 use burn::tensor::{DType, Int, Shape, Tensor};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous};
-use dit_attention_kernels::attention::{BlockMapArrays, KeyBlocks};
+use dit_attention_kernels::attention::{BlockMapArrays, KernelElem, KeyBlocks};
 use dit_attention_kernels::dynamic::{SelectJob, launch_select, select_fits};
-use dit_attention_kernels::stats::launch_top_sum;
+use dit_attention_kernels::stats::{
+    FrameRows, UNITS as STATS_UNITS, launch_cross_frame_energy, launch_frame_row_stats, launch_top_sum,
+};
 
 use super::backend::{BlockLists, BlockSelection, SparseAttentionBackend, unwrap, wrap};
 use super::cube::{kernel_elem, launch_forward};
@@ -81,4 +83,57 @@ pub(super) fn top_sum<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     let sums = launch_top_sum(&t.client, t.handle.clone(), rows, n, m);
     let out = CubeTensor::new_contiguous(t.client.clone(), t.device.clone(), Shape::from(vec![rows]), sums, DType::F32);
     wrap::<Cube<R, F, I, BT>, 1>(out).cast(dtype)
+}
+
+/// Whether the frame-statistics kernels take `heads` heads of `t * samples` rows: a kernel
+/// dtype the device runs, the rows and the per-(head, sample, frame) cubes within the grid, a
+/// frame count a cube's units cover, and 32-bit offsets.
+pub(super) fn frame_statistics_apply<R: CubeRuntime>(
+    device: &R::Device,
+    dtype: DType,
+    heads: usize,
+    samples: usize,
+    rows: &FrameRows,
+) -> bool {
+    let n_rows = heads * rows.frames * samples;
+    kernel_elem(dtype).is_some_and(|e| e.supported(&R::client(device)))
+        && n_rows > 0
+        && n_rows <= 65_535
+        && rows.frame_len > 0
+        && rows.frames <= STATS_UNITS
+        && n_rows * rows.n.max(rows.width()) < u32::MAX as usize
+}
+
+/// The two frame-statistics kernels: the per-row pass, then (from its masses and norms) the
+/// cross-frame energy per (head, sample, frame), summed per head.
+#[allow(clippy::type_complexity)]
+pub(super) fn frame_statistics<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    scores: Tensor<Cube<R, F, I, BT>, 3>,
+    samples: usize,
+    rows: &FrameRows,
+) -> Option<(Tensor<Cube<R, F, I, BT>, 3>, Tensor<Cube<R, F, I, BT>, 1>)> {
+    let [p, r, _] = scores.dims();
+    if !frame_statistics_apply::<R>(&scores.device(), scores.dtype(), p, samples, rows) {
+        return None;
+    }
+    let (t, width) = (rows.frames, rows.width());
+    let x: CubeTensor<R> = into_contiguous(unwrap(scores));
+    let elem = kernel_elem(x.dtype)?;
+    let handle = match elem {
+        KernelElem::F32 => launch_frame_row_stats::<R, f32>(&x.client, &x.handle, p * r, *rows),
+        KernelElem::F16 => launch_frame_row_stats::<R, burn::tensor::f16>(&x.client, &x.handle, p * r, *rows),
+        KernelElem::BF16 => launch_frame_row_stats::<R, burn::tensor::bf16>(&x.client, &x.handle, p * r, *rows),
+    };
+    let f32_tensor = |handle, shape: Vec<usize>| {
+        CubeTensor::new_contiguous(x.client.clone(), x.device.clone(), Shape::from(shape), handle, DType::F32)
+    };
+    let stats = wrap::<Cube<R, F, I, BT>, 3>(f32_tensor(handle.clone(), vec![p, r, width]));
+    let parts = [&x.handle, &handle];
+    let energy = match elem {
+        KernelElem::F32 => launch_cross_frame_energy::<R, f32>(&x.client, parts, p, samples, *rows),
+        KernelElem::F16 => launch_cross_frame_energy::<R, burn::tensor::f16>(&x.client, parts, p, samples, *rows),
+        KernelElem::BF16 => launch_cross_frame_energy::<R, burn::tensor::bf16>(&x.client, parts, p, samples, *rows),
+    };
+    let energy = wrap::<Cube<R, F, I, BT>, 2>(f32_tensor(energy, vec![p, samples * t])).sum_dim(1).reshape([p]);
+    Some((stats, energy))
 }

@@ -12,6 +12,7 @@ use burn_fusion::{Fusion, FusionBackend, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use dit_attention_kernels::dynamic::SelectJob;
+use dit_attention_kernels::stats::FrameRows;
 
 use super::backend::{BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend};
 use crate::error::Result;
@@ -98,6 +99,24 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
 
     fn top_sum(x: Tensor<Self, 2>, m: usize) -> Tensor<Self, 1> {
         top_sum::<B>(x, m)
+    }
+
+    fn frame_statistics_apply(
+        device: &Self::Device,
+        dtype: DType,
+        heads: usize,
+        samples: usize,
+        rows: &FrameRows,
+    ) -> bool {
+        B::frame_statistics_apply(device, dtype, heads, samples, rows)
+    }
+
+    fn frame_statistics(
+        scores: Tensor<Self, 3>,
+        samples: usize,
+        rows: &FrameRows,
+    ) -> Option<(Tensor<Self, 3>, Tensor<Self, 1>)> {
+        frame_statistics::<B>(scores, samples, rows)
     }
 
     fn checked_matmul(a: Tensor<Self, 4>, b: Tensor<Self, 4>) -> Tensor<Self, 4> {
@@ -391,6 +410,36 @@ fn top_sum<B: FusionBackend + SparseAttentionBackend>(x: Tensor<Fusion<B>, 2>, m
         run,
     );
     Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("one output")))
+}
+
+#[allow(clippy::type_complexity)]
+fn frame_statistics<B: FusionBackend + SparseAttentionBackend>(
+    scores: Tensor<Fusion<B>, 3>,
+    samples: usize,
+    rows: &FrameRows,
+) -> Option<(Tensor<Fusion<B>, 3>, Tensor<Fusion<B>, 1>)> {
+    let [p, r, _] = scores.dims();
+    if !B::frame_statistics_apply(&scores.device(), scores.dtype(), p, samples, rows) {
+        return None;
+    }
+    let geometry = *rows;
+    let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
+        let x = float::<B>(ins.into_iter().next().expect("one input"));
+        let (stats, energy) =
+            B::frame_statistics(Tensor::from_primitive(TensorPrimitive::Float(x)), samples, &geometry)
+                .expect("frame_statistics_apply held when the op was registered");
+        vec![Prim::Float(stats.into_primitive().tensor()), Prim::Float(energy.into_primitive().tensor())]
+    });
+    let input = scores.into_primitive().tensor();
+    let mut outs = register::<B>(
+        "dit_attention::frame_statistics",
+        vec![(Kind::Float, input)],
+        vec![(Kind::Float, vec![p, r, rows.width()], DType::F32), (Kind::Float, vec![p], DType::F32)],
+        run,
+    );
+    let energy = Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("two outputs")));
+    let stats = Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("two outputs")));
+    Some((stats, energy))
 }
 
 fn forward_lists<B: FusionBackend + SparseAttentionBackend>(

@@ -270,6 +270,109 @@ macro_rules! gpu_combined_test {
             }
         }
 
+        /// The statistics on the kernel backend (the frame-statistics and top-sum kernels)
+        /// against the f64 reference backend's burn-op composite, with text before, after and
+        /// none, and frame counts from 1 to 5.
+        #[test]
+        fn combined_statistics_match_the_cpu_reference() {
+            use burn::tensor::{Tensor, TensorData};
+            use dit_attention::combined::CombinedAttentionConfig;
+            use dit_attention::{CallPosition, Canvas, SparseAttentionBackend, TextSpec};
+
+            use $crate::common::combined::{Geo, make_inputs};
+            use $crate::common::merge::fopts;
+            use $crate::common::{B64, rel_err};
+
+            for (frames, text, seed) in [
+                (1, TextSpec::none(), 1),
+                (2, TextSpec::after(5), 2),
+                (5, TextSpec::before(3), 3),
+                (4, TextSpec::none(), 4),
+            ] {
+                let g = Geo { canvas: Canvas::new(frames, 5, 7).unwrap(), text, d: 8, dv: 4 };
+                let n = g.n();
+                let [q, k, v] = make_inputs(&g, &[false, true, false], 2.0, seed);
+                let module = CombinedAttentionConfig::new([frames, 5, 7])
+                    .with_text(text)
+                    .with_pattern_samples(6)
+                    .with_block(8)
+                    .with_block_samples(2)
+                    .init()
+                    .unwrap();
+                fn stats<B: SparseAttentionBackend>(
+                    m: &dit_attention::CombinedAttention,
+                    x: [&[f64]; 3],
+                    n: usize,
+                ) -> dit_attention::combined::PatternStats {
+                    let device: B::Device = Default::default();
+                    let t = |v: &[f64], c| {
+                        Tensor::<B, 4>::from_data(TensorData::new(v.to_vec(), [1, 3, n, c]), fopts::<B>(&device))
+                    };
+                    let out = m.forward_at(t(x[0], 8), t(x[1], 8), t(x[2], 4), Some(CallPosition::new(2, 30))).unwrap();
+                    out.stats.unwrap()
+                }
+                let want = stats::<B64>(&module, [&q, &k, &v], n);
+                let got = stats::<$fused>(&module, [&q, &k, &v], n);
+                let tol: f64 = $tol;
+                for i in 0..3 {
+                    let what = format!("{frames} frames, {text:?}, head {i}: {got:?} vs {want:?}");
+                    assert!((got.similarity[i] - want.similarity[i]).abs() < tol, "{what}");
+                    assert!((got.top_mass[i] - want.top_mass[i]).abs() < tol, "{what}");
+                    assert!(rel_err(&got.mass[i], &want.mass[i]) < tol, "{what}");
+                }
+            }
+        }
+
+        /// KV merging stacked on Combined on the kernel backend (matching, merge and attention
+        /// over the padded merged keys as kernels) against the f64 reference backend. Every
+        /// head dynamic and every block kept: the selection is the dynamic suite's subject.
+        #[test]
+        fn combined_kv_merge_matches_the_cpu_reference() {
+            use burn::tensor::{Tensor, TensorData};
+            use dit_attention::combined::{CombinedAttentionConfig, HeadChoice, KvMergeConfig};
+            use dit_attention::dynamic::{ThresholdSchedule, Thresholds};
+            use dit_attention::{CallPosition, Canvas, MergeAmount, SparseAttentionBackend, TextSpec};
+
+            use $crate::common::combined::{Geo, make_inputs};
+            use $crate::common::merge::fopts;
+            use $crate::common::{B64, rel_err, values};
+
+            let g = Geo { canvas: Canvas::new(3, 4, 4).unwrap(), text: TextSpec::before(3), d: 8, dv: 4 };
+            let n = g.n();
+            let [q, k, v] = make_inputs(&g, &[false, false], 1.0, 23);
+            let all = ThresholdSchedule::Constant(Thresholds { tau: 1.0, min_ratio: 0.0, max_ratio: 1.0 });
+            let module = CombinedAttentionConfig::new([3, 4, 4])
+                .with_text(TextSpec::before(3))
+                .with_pattern_samples(4)
+                .with_sparse_mass(1e-9)
+                .with_block(4)
+                .with_block_samples(2)
+                .with_schedule(all)
+                .with_kv_merge(Some(KvMergeConfig::new(MergeAmount::Count(12)).with_window([1, 2, 2])))
+                .init()
+                .unwrap();
+            fn run<B: SparseAttentionBackend>(
+                m: &dit_attention::CombinedAttention,
+                x: [&[f64]; 3],
+                n: usize,
+            ) -> (Vec<HeadChoice>, Vec<f64>, Vec<usize>) {
+                let device: B::Device = Default::default();
+                let t = |v: &[f64], c| {
+                    Tensor::<B, 4>::from_data(TensorData::new(v.to_vec(), [1, 2, n, c]), fopts::<B>(&device))
+                };
+                let out = m.forward_at(t(x[0], 8), t(x[1], 8), t(x[2], 4), Some(CallPosition::new(0, 20))).unwrap();
+                let kept = $crate::common::merge::ints(out.merge.expect("dynamic heads merge").kept_token());
+                (out.heads, values(out.output), kept)
+            }
+            let (want_heads, want, want_kept) = run::<B64>(&module, [&q, &k, &v], n);
+            let (heads, got, kept) = run::<$fused>(&module, [&q, &k, &v], n);
+            assert_eq!(want_heads, vec![HeadChoice::Dynamic; 2]);
+            assert_eq!(heads, want_heads);
+            assert_eq!(kept, want_kept, "the matching");
+            let tol: f64 = 2.0 * $tol;
+            assert!(rel_err(&got, &want) < tol, "{}", rel_err(&got, &want));
+        }
+
         /// The top-sum statistic on the kernel backend against a sort on the host: rows with
         /// ties (values from a few levels) and without, longer than a cube has units, every `m`
         /// from 1 to the row length.
