@@ -192,13 +192,15 @@ pub fn frame_row_stats<F: Float>(
         }
     }
     if u == 0 {
+        // z >= 1 (the maximum's own term). w = (sqrt(sq) / z / kept)^2, one factor at a time:
+        // no square of a tiny mass underflows to 0 / 0.
         let inv = 1.0f32 / z;
         for i in 0..t {
             let mass = out[row * width + i] * inv;
             let kept = f32::max(mass, f32::new(1e-30));
-            let sq = out[row * width + t + 1 + i] * inv * inv;
+            let r = f32::sqrt(out[row * width + t + 1 + i]) * inv / kept;
             out[row * width + i] = mass;
-            out[row * width + t + 1 + i] = sq / (kept * kept);
+            out[row * width + t + 1 + i] = r * r;
         }
         out[row * width + t] = text * inv;
         out[row * width + 2 * t + 1] = top;
@@ -234,8 +236,11 @@ pub fn cross_frame_energy<F: Float>(
     let head = cube / (t * s_count);
     let width = 2 * t + 3;
     let mut buf = SharedMemory::<f32>::new(units);
-    // Per query frame j (t <= units): the coefficient of exp(x - max) and the row's maximum.
-    let mut coefs = SharedMemory::<f32>::new(units);
+    // Per query frame j (t <= units): `1 / (Z max(m_ij, 1e-30))` and `1 / norm`, each at most
+    // 1e30, applied one at a time so that every partial product stays within 1 (a single
+    // product of the two could overflow, then meet a zero), and the row's maximum.
+    let mut scales = SharedMemory::<f32>::new(units);
+    let mut norms = SharedMemory::<f32>::new(units);
     let mut tops = SharedMemory::<f32>::new(units);
     if u < t {
         let first = head * t * s_count + u * s_count;
@@ -243,10 +248,9 @@ pub fn cross_frame_energy<F: Float>(
         for b in 0..s_count {
             norm2 += stats[(first + b) * width + t + 1 + i];
         }
-        let norm = f32::max(f32::sqrt(norm2), f32::new(1e-30));
+        norms[u] = 1.0f32 / f32::max(f32::sqrt(norm2), f32::new(1e-30));
         let row = (first + a) * width;
-        let mass = f32::max(stats[row + i], f32::new(1e-30));
-        coefs[u] = 1.0f32 / (stats[row + 2 * t + 2] * mass * norm);
+        scales[u] = 1.0f32 / stats[row + 2 * t + 2] / f32::max(stats[row + i], f32::new(1e-30));
         tops[u] = stats[row + 2 * t + 1];
     }
     sync_cube();
@@ -257,7 +261,7 @@ pub fn cross_frame_energy<F: Float>(
         for j in 0..t {
             let row = head * t * s_count + j * s_count + a;
             let at = row * n as usize + video_start as usize + i * hw + s;
-            y += coefs[j] * f32::exp(f32::cast_from(x[at]) - tops[j]);
+            y += f32::exp(f32::cast_from(x[at]) - tops[j]) * scales[j] * norms[j];
         }
         energy += y * y;
         s += units;

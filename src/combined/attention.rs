@@ -122,10 +122,12 @@ pub struct CombinedOutput<B: SparseAttentionBackend> {
     /// The statistics behind the choices (`None` in the warm-up).
     pub stats: Option<PatternStats>,
     /// Fraction of query-key pairs computed per (batch, head), over the unmerged `n x n` (1 in
-    /// the warm-up).
+    /// the warm-up). With KV merging a merged key counts once, and kept blocks of padding count
+    /// too.
     pub density: Vec<f64>,
-    /// With KV merging: the matching of the dynamic heads, in their order among the heads
-    /// (`None` in the warm-up, without merging, or with no dynamic head).
+    /// With KV merging: the matching of the dynamic heads, a plan for `[1, dynamic heads]` in
+    /// ascending `batch * heads + head` order (`None` in the warm-up, without merging, or with no
+    /// dynamic head).
     pub merge: Option<MergePlan<B>>,
 }
 

@@ -2,10 +2,12 @@
 //! dynamic heads attend to the merged keys (proportional attention), padded back to the
 //! sequence length with dead keys so the dynamic path keeps its block cut.
 //!
-//! The merged keys come in the merge layout's order (text, destinations, unmerged sources), so
-//! the `r` merged-away slots become whole dead blocks at the end of the key sequence: their
-//! bias [`DEAD_KEY_BIAS`] gives them zero mass in the estimate and zero weight in attention,
-//! the selection ranks them last, and blocks it does not keep cost nothing.
+//! The merged keys come in the merge layout's order (text where it was, destinations, unmerged
+//! sources), so the `r` merged-away slots become dead keys at the end of the key sequence. Their
+//! bias [`DEAD_KEY_BIAS`] gives them zero weight in attention and zero mass in the estimate:
+//! blocks made only of them are ranked last by the selection and cost nothing unless the sink
+//! rows or `min_ratio` keep them (then they are computed, counted in the density, and still add
+//! nothing to the output). A block straddling the end is partly dead.
 //!
 //! Pattern heads keep every key: their shared patterns need each key frame whole.
 

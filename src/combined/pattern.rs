@@ -123,8 +123,10 @@ impl PatternGeometry {
         let [_, p, n, _] = q.dims();
         let (t, hw, s) = (self.frames, self.frame_len, spatial.len());
         let idx = index_tensor::<B>(self.sampled_rows(spatial), &q.device());
-        // Statistics only: no gradient flows through them.
-        let scores = q.clone().detach().select(2, idx).mul_scalar(scale).matmul(k.clone().detach().swap_dims(2, 3));
+        // Statistics only: no gradient flows through them. The bounds-checked product: burn
+        // 0.21's autotuned matmul can read past `d` for some shapes (see `checked_matmul`).
+        let sampled = q.clone().detach().select(2, idx).mul_scalar(scale);
+        let scores = B::checked_matmul(sampled, k.clone().detach().swap_dims(2, 3));
         let scores = scores.reshape([p, t * s, n]);
         let top = ((top_fraction * n as f64).ceil() as usize).clamp(1, n);
         let rows = FrameRows {

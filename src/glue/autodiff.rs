@@ -143,6 +143,11 @@ impl<B: SparseAttentionBackend, C: CheckpointStrategy> SparseAttentionBackend fo
         Tensor::from_inner(B::top_sum(x.inner(), m))
     }
 
+    // No gradient of its own (as documented): the inner backend's checked product.
+    fn checked_matmul(a: Tensor<Self, 4>, b: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        Tensor::from_inner(B::checked_matmul(a.inner(), b.inner()))
+    }
+
     fn frame_statistics_apply(
         device: &Self::Device,
         dtype: DType,

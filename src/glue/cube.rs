@@ -341,15 +341,16 @@ pub(crate) mod merge {
     ) -> MergeIndices<Cube<R, F, I, BT>> {
         let [outer, inner, _, _] = scores.dims();
         let groups = outer * inner;
-        // The kernel indexes the score matrix in 32 bits (the fused matching forms none).
-        let scores_fit = groups * layout.src_token.len() * layout.dst_token.len() < u32::MAX as usize;
-        if !scores_fit || !applies::<R>(&scores.device(), layout, groups, scores.dtype()) {
-            return match_reference(scores, layout);
-        }
-        // The scores as the matmul wrote them: the kernel reads any strides (no 4 GB copy).
+        // The scores as the matmul wrote them: the kernel reads any strides (no 4 GB copy), in
+        // 32-bit offsets (the fused matching forms no score matrix).
         let s: CubeTensor<R> = unwrap(scores);
         let st = s.meta.strides();
         let strides = [st[0], st[1], st[2], st[3]];
+        let dims = s.meta.shape().clone();
+        let extent = 1 + (0..4).map(|i| dims[i].saturating_sub(1) * strides[i]).sum::<usize>();
+        if extent >= u32::MAX as usize || !applies::<R>(&s.device, layout, groups, s.dtype) {
+            return match_reference(wrap(s), layout);
+        }
         let job = MatchLaunch { scores: s.handle.clone(), strides, groups, inner, tables: layout.tables() };
         let out: MatchOutput = match kernel_elem(s.dtype).expect("checked by applies") {
             KernelElem::F32 => launch_match::<R, f32, I>(&s.client, job),
