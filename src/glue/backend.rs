@@ -72,9 +72,9 @@ pub trait SparseAttentionBackend: Backend {
     }
 
     /// `a [b, h, m, k]` times `b [b, h, k, n]` (same batch dims, same float dtype): the products
-    /// of the reference backward and the sampled scores of Combined's statistics. burn's matmul by default; CubeCL backends run a plain
-    /// bounds-checked kernel instead of burn 0.21's autotuned one, which can read past `k`
-    /// (tracel-ai/burn#5626). No gradient of its own.
+    /// of the reference backward and the sampled scores of Combined's statistics. burn's matmul
+    /// by default; CubeCL backends run a plain bounds-checked kernel instead of burn 0.21's
+    /// autotuned one, which can read past `k` (tracel-ai/burn#5626). No gradient of its own.
     fn checked_matmul(a: Tensor<Self, 4>, b: Tensor<Self, 4>) -> Tensor<Self, 4> {
         a.matmul(b)
     }
