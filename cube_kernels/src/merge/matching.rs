@@ -57,6 +57,26 @@ pub fn row_argmax<F: Float, I: Int>(
 /// first `r` merge into destination `node_idx`. Merged sequence: text before, destinations in
 /// order from slot `dst_slot0`, unmerged sources in order from slot `src_slot0`, text after.
 ///
+/// `out[base + i] = table[i]` for every `i < len` whose entry is not `NONE` (a fixed slot or
+/// token), the cube's units striding. Four entries a round, so their loads are in flight
+/// together (the plan kernel's other loops over global memory do the same).
+#[cube]
+fn copy_fixed<I: Int>(table: &Array<u32>, out: &mut Array<I>, base: usize, len: usize, #[comptime] units: usize) {
+    let u = UNIT_POS as usize;
+    for i in 0..len.div_ceil(units * 4) {
+        #[unroll]
+        for q in 0..4usize {
+            let t = (i * 4 + q) * units + u;
+            if t < len {
+                let f = table[t];
+                if f != 0xFFFF_FFFFu32 {
+                    out[base + t] = I::cast_from(f);
+                }
+            }
+        }
+    }
+}
+
 /// Inputs per group `g` (row-major): `node_max [g, sources]`, `node_idx [g, sources]`; shared by
 /// every group: `src_token [sources]` (each source's token), `fixed_slot [n]` (the slot of a text
 /// or destination token, `NONE` for a source), `fixed_kept [n_kept]` (the token of a text or
@@ -108,32 +128,9 @@ pub fn merge_plan<I: Int>(
     let mut chunk_dst = SharedMemory::<u32>::new(units);
     let mut counts = SharedMemory::<u32>::new(d_cap);
 
-    // Text and destination tokens keep fixed slots. Four entries a round, so their loads are
-    // in flight together (the loops below that touch global memory do the same).
-    for i in 0..n_tok.div_ceil(units * 4) {
-        #[unroll]
-        for q in 0..4usize {
-            let t = (i * 4 + q) * units + u;
-            if t < n_tok {
-                let f = fixed_slot[t];
-                if f != 0xFFFF_FFFFu32 {
-                    slot_of_token[g * n_tok + t] = I::cast_from(f);
-                }
-            }
-        }
-    }
-    for i in 0..n_slots.div_ceil(units * 4) {
-        #[unroll]
-        for q in 0..4usize {
-            let k = (i * 4 + q) * units + u;
-            if k < n_slots {
-                let f = fixed_kept[k];
-                if f != 0xFFFF_FFFFu32 {
-                    kept_token[g * n_slots + k] = I::cast_from(f);
-                }
-            }
-        }
-    }
+    // Text and destination tokens keep fixed slots.
+    copy_fixed(fixed_slot, slot_of_token, g * n_tok, n_tok, units);
+    copy_fixed(fixed_kept, kept_token, g * n_slots, n_slots, units);
     let mut j0 = u;
     while j0 < d_cap {
         counts[j0] = 0u32;
