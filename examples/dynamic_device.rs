@@ -50,6 +50,9 @@ struct Args {
     /// Only the Combined rows (no dense baseline, no dynamic rows): for profiling one of them.
     #[arg(long)]
     combined_only: bool,
+    /// Only the dynamic estimate and selection (local inputs, the last step): for profiling it.
+    #[arg(long)]
+    estimate_only: bool,
 }
 
 type B = Cuda<f32, i32>;
@@ -106,6 +109,67 @@ fn main() -> Res<()> {
                 _ => (base.clone() + noise().mul_scalar(0.3)).cast(DType::BF16),
             };
             let (q, k, v) = (make(), make(), noise().cast(DType::BF16));
+            if args.estimate_only {
+                if inputs == "random" {
+                    continue;
+                }
+                let module = DynamicSparseAttentionConfig::new(canvas)
+                    .with_text(text)
+                    .with_schedule(ThresholdSchedule::Constant(Thresholds { tau: 0.9, min_ratio: 0.1, max_ratio: 0.8 }))
+                    .init()?;
+                let estimate_ms = time(&|| {
+                    module.select(&q, &k, &v, None, None)?;
+                    Ok(())
+                })?;
+                // Host time of a call alone: enqueued without a sync (the device catches up after).
+                let sync = || <B as burn::tensor::backend::Backend>::sync(&device).map_err(|e| format!("{e:?}"));
+                let mut host = vec![];
+                for _ in 0..args.runs {
+                    sync()?;
+                    let t0 = std::time::Instant::now();
+                    module.select(&q, &k, &v, None, None)?;
+                    host.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+                sync()?;
+                host.sort_by(f64::total_cmp);
+                println!(
+                    "{name} {inputs} last step: estimate {estimate_ms:.3} ms (host {:.3} ms)",
+                    host[host.len() / 2]
+                );
+                // Pieces of the estimate: the two gathers of the sampled tokens, and an engine
+                // call the size of one chunk of keys (once, and five in a row): the launch cost.
+                let m = module.blocks().len() * module.config().samples;
+                let idx = Tensor::<B, 1, burn::tensor::Int>::arange(0..m as i64, &device);
+                let gather_ms = time(&|| {
+                    let _ = (q.clone().select(2, idx.clone()), k.clone().select(2, idx.clone()));
+                    Ok(())
+                })?;
+                let keys = 64 * module.config().samples;
+                let qs = q.clone().slice([0..batch, 0..heads, 0..m]);
+                let (ks, vs) =
+                    (k.clone().slice([0..batch, 0..heads, 0..keys]), v.clone().slice([0..batch, 0..heads, 0..keys]));
+                let chunk = || {
+                    dit_attention::dense_attention(
+                        qs.clone(),
+                        ks.clone(),
+                        vs.clone(),
+                        None,
+                        AttentionOptions::default(),
+                    )
+                };
+                let one_ms = time(&|| {
+                    chunk()?;
+                    Ok(())
+                })?;
+                let five_ms = time(&|| {
+                    for _ in 0..5 {
+                        chunk()?;
+                    }
+                    Ok(())
+                })?;
+                println!("  gathers {gather_ms:.3} ms, one chunk call {one_ms:.3} ms, five {five_ms:.3} ms");
+                continue;
+            }
             if inputs == "random" && !args.combined_only {
                 dense_ms = time(&|| {
                     dit_attention::dense_attention(q.clone(), k.clone(), v.clone(), None, AttentionOptions::default())?;

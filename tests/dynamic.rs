@@ -93,7 +93,8 @@ proptest! {
         check_case(&case, Some(CallPosition::new(layer, step)))?;
     }
 
-    /// The rule keeps the fewest top blocks reaching `tau`, within the budget, plus the sinks.
+    /// The rule keeps the fewest top blocks (by rank key) reaching `tau`, within the budget, plus
+    /// the sinks.
     #[test]
     fn selection_rule_is_minimal(masses in proptest::collection::vec(0.0f32..1.0, 1..40), tau in 0.01f32..=1.0, qb in 0usize..5, sinks in 0usize..3, lo in 0.0f64..=1.0, hi in 0.0f64..=1.0) {
         let n = masses.len();
@@ -103,18 +104,24 @@ proptest! {
         if qb < sinks {
             prop_assert_eq!(kept.len(), n);
         } else {
+            let key = |j: usize| common::dynamic::rank_key(&masses, j);
             let ranked: Vec<u32> = kept.iter().copied().filter(|&j| j as usize >= sinks || {
                 // A sink also chosen by rank counts toward k.
-                let better = masses.iter().enumerate().filter(|&(i, &m)| m > masses[j as usize] || (m == masses[j as usize] && i < j as usize)).count();
+                let better = (0..n).filter(|&i| key(i) > key(j as usize)).count();
                 better < budget.k_max
             }).collect();
             prop_assert!(ranked.len() >= budget.k_min.min(n));
             // Exactly the top `k` ranks (`k` = the fewest reaching `tau`, within the budget)
-            // plus the sinks: running sums in rank order, f32.
+            // plus the sinks: running sums in f32 by the scan's rounds (`s` = 1, 2, 4, ...).
             let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by(|&a, &b| masses[b].total_cmp(&masses[a]).then(a.cmp(&b)));
-            let cum: Vec<f32> = order.iter().scan(0.0f32, |s, &j| { *s += masses[j]; Some(*s) }).collect();
-            let by_tau = cum.iter().position(|&c| c >= tau * cum[n - 1]).map_or(n, |r| r + 1);
+            order.sort_by_key(|&j| std::cmp::Reverse(key(j)));
+            let mut cum: Vec<f32> = order.iter().map(|&j| masses[j]).collect();
+            let mut s = 1;
+            while s < n {
+                cum = (0..n).map(|r| if r >= s { cum[r] + cum[r - s] } else { cum[r] }).collect();
+                s *= 2;
+            }
+            let by_tau = (cum.iter().filter(|&&c| c < tau * cum[n - 1]).count() + 1).min(n);
             let k = by_tau.max(budget.k_min).min(budget.k_max);
             let want: Vec<u32> = (0..n).filter(|j| order[..k].contains(j) || *j < sinks).map(|j| j as u32).collect();
             prop_assert_eq!(&kept, &want);

@@ -2,7 +2,7 @@
 //! contract the selection kernel implements, replayed on the host by the reference path).
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
-use dit_attention_kernels::dynamic::SelectJob;
+use dit_attention_kernels::dynamic::{SelectJob, index_mask};
 
 use crate::glue::BlockSelection;
 use crate::mask::BlockLayout;
@@ -32,27 +32,28 @@ impl BlockBudget {
 
 /// The kept key blocks of query block `query_block`, ascending, from its masses.
 ///
-/// Key blocks ranked by mass (descending, the lower index first on ties); `cum[r]` = the masses
-/// of ranks `0..=r` summed in rank order in f32, `total` = the last of them; `k` = the smallest
-/// count with `cum[k - 1] >= tau * total` (every block if none; a NaN mass counts as 0), clamped to
-/// `[k_min, k_max]`; the first `k` ranks are kept, and every key block `< sinks`. A query block
-/// `< sinks` keeps every key block.
+/// Each key block `j` gets the rank key `(bits(m_j) & !mask) | (mask - j)`, `m_j` its mass as
+/// an f32 (0 where NaN or not positive) and `mask = 2P - 1` for `P` = the block count rounded up
+/// to a power of two: key blocks are ranked by key, descending, that is by mass with its low
+/// bits cleared (masses within about `2^(log2(P) - 22)` of each other, relatively, count as
+/// equal), the lower index first where those agree. `cum[r]` = the masses of ranks `0..=r`
+/// summed in f32 by the rounds of an inclusive scan (`s = 1, 2, 4, ...`, each `c[r] += c[r -
+/// s]` on the previous round's values), `total` = the last of them; `k` = one more than the
+/// number of ranks with `cum[r] < tau * total`, at most every block (the smallest count reaching
+/// `tau` where the sums rise), clamped to `[k_min, k_max]`; the first `k` ranks are kept, and
+/// every key block `< sinks`. A query block `< sinks` keeps every key block.
 pub fn select_blocks(masses: &[f32], tau: f32, budget: BlockBudget, query_block: usize) -> Vec<u32> {
-    // NaN masses count as 0, as in the kernel.
-    let masses: Vec<f32> = masses.iter().map(|&m| if m.is_nan() { 0.0 } else { m }).collect();
+    // NaN, -0 and below count as 0, as in the kernel.
+    let masses: Vec<f32> = masses.iter().map(|&m| if m > 0.0 { m } else { 0.0 }).collect();
     let n = masses.len();
+    let mask = index_mask(n);
+    let key = |j: usize| (masses[j].to_bits() & !mask) | (mask - j as u32);
     let mut order: Vec<usize> = (0..n).collect();
-    // Descending mass, ascending index on ties; `total_cmp` keeps NaN rows deterministic.
-    order.sort_by(|&a, &b| masses[b].total_cmp(&masses[a]).then(a.cmp(&b)));
-    let cum: Vec<f32> = order
-        .iter()
-        .scan(0.0f32, |acc, &j| {
-            *acc += masses[j];
-            Some(*acc)
-        })
-        .collect();
+    order.sort_by_key(|&j| std::cmp::Reverse(key(j)));
+    let cum = scan_rounds(order.iter().map(|&j| masses[j]).collect());
     let target = tau * cum.last().copied().unwrap_or(0.0);
-    let mut k = cum.iter().position(|&c| c >= target).map_or(n, |r| r + 1);
+    // Counted, as in the kernel: the scan's sums need not rise at the last bit.
+    let mut k = (cum.iter().filter(|&&c| c < target).count() + 1).min(n);
     // `k_max` wins over `k_min`, as in the kernel.
     k = k.max(budget.k_min).min(budget.k_max);
     if query_block < budget.sinks {
@@ -63,6 +64,21 @@ pub fn select_blocks(masses: &[f32], tau: f32, budget: BlockBudget, query_block:
         keep[j] = true;
     }
     (0..n).filter(|&j| keep[j] || j < budget.sinks).map(|j| j as u32).collect()
+}
+
+/// Inclusive prefix sums in the order the selection kernel adds: rounds `s = 1, 2, 4, ...`,
+/// each `c[r] += c[r - s]` for `r >= s` on the previous round's values (a round with `s` past
+/// the length changes nothing, so the kernel's padding to a power of two does not show).
+pub(crate) fn scan_rounds(mut c: Vec<f32>) -> Vec<f32> {
+    let mut s = 1;
+    while s < c.len() {
+        let prev = c.clone();
+        for r in s..c.len() {
+            c[r] = prev[r] + prev[r - s];
+        }
+        s *= 2;
+    }
+    c
 }
 
 /// `samples` positions (sequence indices) per block of `blocks`, block after block: distinct

@@ -143,6 +143,29 @@ impl<B: SparseAttentionBackend, C: CheckpointStrategy> SparseAttentionBackend fo
         Tensor::from_inner(B::top_sum(x.inner(), m))
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_masses_apply(
+        device: &Self::Device,
+        dtype: DType,
+        bh: usize,
+        chunks: usize,
+        nqb: usize,
+        samples: usize,
+        width: usize,
+        nkb: usize,
+    ) -> bool {
+        B::chunk_masses_apply(device, dtype, bh, chunks, nqb, samples, width, nkb)
+    }
+
+    fn chunk_masses(
+        rows: Tensor<Self, 4>,
+        lse: Tensor<Self, 3>,
+        samples: usize,
+        nkb: usize,
+    ) -> Option<Tensor<Self, 3>> {
+        B::chunk_masses(rows.inner(), lse.inner(), samples, nkb).map(Tensor::from_inner)
+    }
+
     // No gradient of its own (as documented): the inner backend's checked product.
     fn checked_matmul(a: Tensor<Self, 4>, b: Tensor<Self, 4>) -> Tensor<Self, 4> {
         Tensor::from_inner(B::checked_matmul(a.inner(), b.inner()))

@@ -79,6 +79,45 @@ pub trait SparseAttentionBackend: Backend {
         a.matmul(b)
     }
 
+    /// Whether [`chunk_masses`](Self::chunk_masses) runs a kernel for an engine output in
+    /// `dtype` of `bh` batch-heads, `chunks` chunks of `width` key blocks, `nqb` query blocks of
+    /// `samples` sampled rows and `nkb` key blocks in all (otherwise the dynamic estimate's
+    /// burn-op composite runs).
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_masses_apply(
+        device: &Self::Device,
+        dtype: DType,
+        bh: usize,
+        chunks: usize,
+        nqb: usize,
+        samples: usize,
+        width: usize,
+        nkb: usize,
+    ) -> bool {
+        let _ = (device, dtype, bh, chunks, nqb, samples, width, nkb);
+        false
+    }
+
+    /// The dynamic estimate's block masses `[bh, nqb, nkb]` (f32) from the engine's chunked
+    /// one-hot attention over the sampled tokens, where
+    /// [`chunk_masses_apply`](Self::chunk_masses_apply) (`None` elsewhere): chunk `t` of
+    /// batch-head `bh` gave `rows[bh, t] [nqb * samples, width]` (each row's mass in key blocks
+    /// `t * width ..`, normalised over the chunk) and `lse[bh, t] [nqb * samples]`; the chunks'
+    /// LSEs rescale each to its whole row, and each query block sums its rows (see
+    /// `dit_attention_kernels::dynamic::chunk_masses`). No gradient.
+    ///
+    /// # Shapes
+    /// - rows `[bh, chunks, nqb * samples, width]`, lse `[bh, chunks, nqb * samples]`
+    fn chunk_masses(
+        rows: Tensor<Self, 4>,
+        lse: Tensor<Self, 3>,
+        samples: usize,
+        nkb: usize,
+    ) -> Option<Tensor<Self, 3>> {
+        let _ = (rows, lse, samples, nkb);
+        None
+    }
+
     /// Sum of the `m` largest values of each row of `x [r, n]` (`1 <= m <= n`), in x's dtype:
     /// the sparsity statistic of Combined attention. No gradient.
     fn top_sum(x: Tensor<Self, 2>, m: usize) -> Tensor<Self, 1> {

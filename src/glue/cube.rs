@@ -136,6 +136,29 @@ where
         super::cube_dynamic::top_sum(x, m)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_masses_apply(
+        device: &Self::Device,
+        dtype: DType,
+        bh: usize,
+        chunks: usize,
+        nqb: usize,
+        samples: usize,
+        width: usize,
+        nkb: usize,
+    ) -> bool {
+        super::cube_dynamic::chunk_masses_apply::<R>(device, dtype, bh, chunks, nqb, samples, width, nkb)
+    }
+
+    fn chunk_masses(
+        rows: Tensor<Self, 4>,
+        lse: Tensor<Self, 3>,
+        samples: usize,
+        nkb: usize,
+    ) -> Option<Tensor<Self, 3>> {
+        super::cube_dynamic::chunk_masses(rows, lse, samples, nkb)
+    }
+
     fn frame_statistics_apply(
         device: &Self::Device,
         dtype: DType,

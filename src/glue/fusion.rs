@@ -101,6 +101,29 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
         top_sum::<B>(x, m)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_masses_apply(
+        device: &Self::Device,
+        dtype: DType,
+        bh: usize,
+        chunks: usize,
+        nqb: usize,
+        samples: usize,
+        width: usize,
+        nkb: usize,
+    ) -> bool {
+        B::chunk_masses_apply(device, dtype, bh, chunks, nqb, samples, width, nkb)
+    }
+
+    fn chunk_masses(
+        rows: Tensor<Self, 4>,
+        lse: Tensor<Self, 3>,
+        samples: usize,
+        nkb: usize,
+    ) -> Option<Tensor<Self, 3>> {
+        chunk_masses::<B>(rows, lse, samples, nkb)
+    }
+
     fn frame_statistics_apply(
         device: &Self::Device,
         dtype: DType,
@@ -410,6 +433,34 @@ fn top_sum<B: FusionBackend + SparseAttentionBackend>(x: Tensor<Fusion<B>, 2>, m
         run,
     );
     Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("one output")))
+}
+
+fn chunk_masses<B: FusionBackend + SparseAttentionBackend>(
+    rows: Tensor<Fusion<B>, 4>,
+    lse: Tensor<Fusion<B>, 3>,
+    samples: usize,
+    nkb: usize,
+) -> Option<Tensor<Fusion<B>, 3>> {
+    let [bh, chunks, m, width] = rows.dims();
+    let nqb = m / samples.max(1);
+    if !B::chunk_masses_apply(&rows.device(), rows.dtype(), bh, chunks, nqb, samples, width, nkb) {
+        return None;
+    }
+    let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
+        let mut ins = ins.into_iter().map(float::<B>);
+        let rows = Tensor::from_primitive(TensorPrimitive::Float(ins.next().expect("two inputs")));
+        let lse = Tensor::from_primitive(TensorPrimitive::Float(ins.next().expect("two inputs")));
+        let masses =
+            B::chunk_masses(rows, lse, samples, nkb).expect("chunk_masses_apply held when the op was registered");
+        vec![Prim::Float(masses.into_primitive().tensor())]
+    });
+    let mut outs = register::<B>(
+        "dit_attention::chunk_masses",
+        vec![(Kind::Float, rows.into_primitive().tensor()), (Kind::Float, lse.into_primitive().tensor())],
+        vec![(Kind::Float, vec![bh, nqb, nkb], DType::F32)],
+        run,
+    );
+    Some(Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("one output"))))
 }
 
 #[allow(clippy::type_complexity)]

@@ -131,34 +131,45 @@ impl DynamicCase {
     }
 }
 
-/// The spec's selection on one row of masses (f32, summed in rank order as the contract fixes).
+/// The contract's rank key of key block `j` among `masses` (non-negative, not NaN): the mass's
+/// bits with the low `1 + log2(P)` cleared (`P` the block count rounded up to a power of two),
+/// then `mask - j` in them, so the lower index wins where the rounded masses agree.
+pub fn rank_key(masses: &[f32], j: usize) -> u32 {
+    let p = masses.len().next_power_of_two();
+    let low_bits = 1 + p.trailing_zeros();
+    let mask = (1u32 << low_bits) - 1;
+    ((masses[j].to_bits() >> low_bits) << low_bits) | (mask - j as u32)
+}
+
+/// The spec's selection on one row of masses (f32, ranked by [`rank_key`], summed in the scan
+/// order the contract fixes).
 pub fn brute_select(masses: &[f32], tau: f32, k_min: usize, k_max: usize, sinks: usize, qb: usize) -> Vec<usize> {
     let n = masses.len();
+    let masses: Vec<f32> = masses.iter().map(|&m| if m > 0.0 { m } else { 0.0 }).collect();
+    let key = |j: usize| rank_key(&masses, j);
     let mut ranked: Vec<usize> = (0..n).collect();
-    // Insertion sort by (mass descending, index ascending): independent of the crate's sort.
+    // Insertion sort by rank key, descending: independent of the crate's sort.
     for i in 1..n {
         let mut j = i;
-        while j > 0 && {
-            let (a, b) = (ranked[j - 1], ranked[j]);
-            masses[b] > masses[a] || (masses[b] == masses[a] && b < a)
-        } {
+        while j > 0 && key(ranked[j]) > key(ranked[j - 1]) {
             ranked.swap(j - 1, j);
             j -= 1;
         }
     }
-    let mut total = 0.0f32;
-    for &j in &ranked {
-        total += masses[j];
+    // Running sums in the contract's order: the rounds of an inclusive scan (round `s` adds to
+    // each rank the sum that round `s / 2` left `s` ranks earlier), written out here level by
+    // level from the ranked masses.
+    let mut levels = vec![ranked.iter().map(|&j| masses[j]).collect::<Vec<f32>>()];
+    let mut s = 1;
+    while s < n {
+        let last = levels.last().expect("a level");
+        levels.push((0..n).map(|r| if r >= s { last[r] + last[r - s] } else { last[r] }).collect());
+        s *= 2;
     }
-    let mut k = n;
-    let mut cum = 0.0f32;
-    for (r, &j) in ranked.iter().enumerate() {
-        cum += masses[j];
-        if cum >= tau * total {
-            k = r + 1;
-            break;
-        }
-    }
+    let cum = levels.pop().expect("a level");
+    let target = tau * cum[n - 1];
+    // k: one more than the ranks still below the target (counted, as the contract fixes).
+    let k = (cum.iter().filter(|&&c| c < target).count() + 1).min(n);
     let k = if qb < sinks { n } else { k.max(k_min).min(k_max) };
     (0..n).filter(|&j| ranked[..k].contains(&j) || j < sinks).collect()
 }

@@ -44,9 +44,15 @@ fn capacity(nkb: usize) -> usize {
     nkb.max(UNITS).next_power_of_two()
 }
 
+/// The low bits of a rank key that hold the key block's index (see [`block_select`]):
+/// `2P - 1`, `P` = `nkb` rounded up to a power of two.
+pub fn index_mask(nkb: usize) -> u32 {
+    (2 * nkb.next_power_of_two() - 1) as u32
+}
+
 /// Whether one row of `nkb` key blocks fits the device's shared memory.
 pub fn select_fits<R: Runtime>(client: &ComputeClient<R>, nkb: usize) -> bool {
-    let bytes = 4 * capacity(nkb) * 4 + UNITS * 4 + 4;
+    let bytes = 5 * capacity(nkb) * 4 + UNITS * 4;
     bytes <= client.properties().hardware.max_shared_memory_size
 }
 
@@ -71,6 +77,7 @@ pub fn launch_select<R: Runtime, I: Int + CubeElement>(
         arr(&out.indices, rows * job.nkb),
         job.nqb as u32,
         job.nkb as u32,
+        index_mask(job.nkb),
         job.tau,
         job.k_min as u32,
         job.k_max as u32,

@@ -1,8 +1,11 @@
-//! Dynamic block-sparse attention (spec section 8): from each query block's estimated mass per
-//! key block, the key blocks it keeps (the masses come from the attention engine itself).
+//! Dynamic block-sparse attention (spec section 8): the estimated mass of each query block per
+//! key block (from the attention engine's chunked one-hot attention), and the key blocks each
+//! query block keeps.
 
 mod launch;
+mod masses;
 mod select;
 
-pub use launch::{SelectJob, SelectOutput, launch_select, select_fits};
+pub use launch::{SelectJob, SelectOutput, index_mask, launch_select, select_fits};
+pub use masses::{chunk_masses, chunk_masses_fit, launch_chunk_masses, row_lse};
 pub use select::block_select;

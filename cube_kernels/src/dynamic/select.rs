@@ -3,19 +3,23 @@
 
 use cubecl::prelude::*;
 
-use crate::merge::scan::inclusive_scan;
+use crate::merge::scan::{cube_sum, inclusive_scan};
 
 /// The kept key blocks of query block `CUBE_POS_X` of batch-head `CUBE_POS_Y`, from its row of
 /// `masses [bh, nqb, nkb]` (f32, contiguous).
 ///
-/// Key blocks ranked by mass, descending, the lower index first on ties (a bitonic sort in
-/// shared memory; a NaN mass counts as 0); `cum[r]` = the masses of ranks `0..=r` summed in rank
-/// order in f32, `total = cum[nkb - 1]`; `k` = the smallest count with `cum[k - 1] >= tau *
-/// total` (`nkb` if none), clamped to `[k_min, k_max]`; the first `k` ranks are kept, and so are
-/// key blocks `< sinks`; a query block `< sinks` keeps every key block. `counts [bh * nqb]` and
-/// `indices [bh * nqb, nkb]` (ascending, padded with `nkb`) take the kept blocks. The summation
-/// order is fixed so a host replay of the same masses gives the same blocks. `cap` (a power of
-/// two `>= nkb`) slots of shared memory per array.
+/// Each key block `j` gets the rank key `(bits(m_j) & !mask) | (mask - j)`: `m_j` its mass (0
+/// where NaN or not positive), `mask = 2P - 1` for `P` = `nkb` rounded up to a power of two
+/// (`index_mask`). Key blocks are ranked by key, descending (a bitonic sort in shared memory):
+/// by mass with its low bits cleared, the lower index first where those agree. `cum[r]` = the
+/// masses of ranks `0..=r` summed in f32 by the rounds of an inclusive scan (`c[r] += c[r - s]`
+/// for s = 1, 2, 4, ..., each round reading the previous round's values), `total = cum[nkb -
+/// 1]`; `k` = one more than the number of ranks with `cum[r] < tau * total`, at most `nkb` (the
+/// smallest count reaching `tau` where the sums rise), clamped to `[k_min, k_max]`; the first
+/// `k` ranks are kept, and so are key blocks `< sinks`; a query block `< sinks` keeps every key
+/// block. `counts [bh * nqb]` and `indices [bh * nqb, nkb]` (ascending, padded with `nkb`) take
+/// the kept blocks. The order is fixed so a host replay of the same masses gives the same
+/// blocks. `cap` (a power of two `>= nkb`) slots of shared memory per array.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn block_select<I: Int>(
@@ -24,6 +28,7 @@ pub fn block_select<I: Int>(
     indices: &mut Array<I>,
     nqb: u32,
     nkb: u32,
+    index_mask: u32,
     tau: f32,
     k_min: u32,
     k_max: u32,
@@ -36,54 +41,54 @@ pub fn block_select<I: Int>(
     let u = UNIT_POS as usize;
     let n_k = nkb as usize;
     let row = bh * nqb as usize + qb;
-    let mut key_m = SharedMemory::<f32>::new(cap);
-    let mut key_i = SharedMemory::<u32>::new(cap);
+    let mut keys = SharedMemory::<u32>::new(cap);
+    let mut mass = SharedMemory::<f32>::new(cap);
     let mut cum = SharedMemory::<f32>::new(cap);
+    let mut spare = SharedMemory::<f32>::new(cap);
     let mut flag = SharedMemory::<u32>::new(cap);
     let mut scan = SharedMemory::<u32>::new(units);
-    let mut kk = SharedMemory::<u32>::new(1usize);
 
-    // Slots past `nkb` sort last (mass -1).
+    // Real keys are at least `P`; slots past `nkb` get 0 and sort last.
     let mut kb = u;
     while kb < cap {
-        let mut m = f32::new(-1.0);
+        let mut key = 0u32;
+        let mut m = f32::new(0.0);
         if kb < n_k {
-            m = masses[row * n_k + kb];
-            // A NaN mass (a row of -inf or overflowing scores) counts as 0, as on the host.
-            if f32::is_nan(m) {
-                m = 0.0f32;
+            let x = masses[row * n_k + kb];
+            // NaN (a row of -inf or overflowing scores), -0 and below count as 0, as on the host.
+            if x > f32::new(0.0) {
+                m = x;
             }
+            key = (u32::reinterpret(m) & !index_mask) | (index_mask - kb as u32);
         }
-        key_m[kb] = m;
-        key_i[kb] = kb as u32;
+        keys[kb] = key;
+        mass[kb] = m;
         flag[kb] = 0u32;
         kb += units;
     }
     sync_cube();
 
-    // Bitonic sort of (mass descending, index ascending).
+    // Bitonic sort of the keys, descending. Each unit takes whole pairs `(i, i | stride)`, `i`
+    // pair index `p` with a 0 bit inserted at the stride's position: every unit works in every
+    // round (iterating over slots would leave half of them idle).
+    let pairs = cap as u32 / 2u32;
     let mut size = 2u32;
     while size <= cap as u32 {
         let mut stride = size / 2u32;
         while stride > 0u32 {
-            let mut i = u as u32;
-            while i < cap as u32 {
-                let j = i ^ stride;
-                if j > i {
-                    let mi = key_m[i as usize];
-                    let mj = key_m[j as usize];
-                    let ii = key_i[i as usize];
-                    let ij = key_i[j as usize];
-                    let i_first = mi > mj || (mi == mj && ii < ij);
-                    let up = (i & size) == 0u32;
-                    if up != i_first {
-                        key_m[i as usize] = mj;
-                        key_m[j as usize] = mi;
-                        key_i[i as usize] = ij;
-                        key_i[j as usize] = ii;
-                    }
+            let mut p = u as u32;
+            while p < pairs {
+                let low = p & (stride - 1u32);
+                let i = ((p - low) << 1u32) | low;
+                let j = i | stride;
+                let ki = keys[i as usize];
+                let kj = keys[j as usize];
+                let up = (i & size) == 0u32;
+                if up != (ki > kj) {
+                    keys[i as usize] = kj;
+                    keys[j as usize] = ki;
                 }
-                i += units as u32;
+                p += units as u32;
             }
             sync_cube();
             stride /= 2u32;
@@ -91,30 +96,60 @@ pub fn block_select<I: Int>(
         size *= 2u32;
     }
 
-    // Running sums in rank order (the fixed order a host replay uses).
-    if u == 0usize {
-        let mut acc = 0.0f32;
-        for r in 0..n_k {
-            acc += key_m[r];
-            cum[r] = acc;
+    // Running sums in rank order: an inclusive scan in rounds, `c[r] += c[r - s]` for s = 1, 2,
+    // 4, ... (the fixed order the host replay follows), ping-ponging between `cum` and `spare`
+    // two rounds at a time (a round with `s >= cap` only copies). Slots past `nkb` hold 0 and
+    // only feed later slots.
+    let mut r0 = u;
+    while r0 < cap {
+        let mut x = f32::new(0.0);
+        if r0 < n_k {
+            x = mass[(index_mask - (keys[r0] & index_mask)) as usize];
         }
-        kk[0] = nkb;
+        cum[r0] = x;
+        r0 += units;
     }
     sync_cube();
+    let mut s = 1usize;
+    while s < cap {
+        let mut i = u;
+        while i < cap {
+            let mut x = cum[i];
+            if i >= s {
+                x += cum[i - s];
+            }
+            spare[i] = x;
+            i += units;
+        }
+        sync_cube();
+        let s2 = 2 * s;
+        let mut i2 = u;
+        while i2 < cap {
+            let mut x = spare[i2];
+            if i2 >= s2 {
+                x += spare[i2 - s2];
+            }
+            cum[i2] = x;
+            i2 += units;
+        }
+        sync_cube();
+        s *= 4;
+    }
+    // `k`: one more than the ranks whose running sum stays below the target (the scan's sums
+    // need not be monotone at the last bit: counting, unlike a first crossing, has one answer).
     let target = tau * cum[n_k - 1];
+    let mut below = 0u32;
     let mut r = u;
     while r < n_k {
-        let mut before = f32::new(-1.0);
-        if r > 0usize {
-            before = cum[r - 1];
-        }
-        if cum[r] >= target && before < target {
-            kk[0] = r as u32 + 1u32;
+        if cum[r] < target {
+            below += 1u32;
         }
         r += units;
     }
-    sync_cube();
-    let mut k = kk[0];
+    let mut k = cube_sum(below, &mut scan) + 1u32;
+    if k > nkb {
+        k = nkb;
+    }
     if k < k_min {
         k = k_min;
     }
@@ -126,7 +161,7 @@ pub fn block_select<I: Int>(
     }
     let mut r2 = u;
     while r2 < n_k {
-        let j = key_i[r2];
+        let j = index_mask - (keys[r2] & index_mask);
         let mut keep = 0u32;
         if (r2 as u32) < k || j < sinks {
             keep = 1u32;
