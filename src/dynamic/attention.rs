@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use dit_attention_kernels::dynamic::SelectJob;
 
-use super::masses::block_masses;
+use super::masses::{CHUNK_BLOCKS, block_masses};
 use super::schedule::{ThresholdSchedule, Thresholds};
 use super::select::{BlockBudget, sample_positions};
 use crate::attention::{CallPosition, attention_with_plan, check_backend};
@@ -201,9 +201,11 @@ impl DynamicSparseAttention {
             return Ok((thresholds, None));
         }
         check_backend(q, k, v, &p.shape)?;
-        if b * h > GRID_LIMIT {
+        // The estimate runs one engine head per (batch-head, chunk of key blocks).
+        let chunks = p.blocks.len().div_ceil(CHUNK_BLOCKS);
+        if b * h * chunks > GRID_LIMIT {
             return Err(DitAttentionError::Invalid(format!(
-                "{b} x {h} batch-heads exceed the kernels' launch grid ({GRID_LIMIT})"
+                "{b} x {h} batch-heads x {chunks} key chunks of the estimate ({CHUNK_BLOCKS} blocks each) exceed the kernels' launch grid ({GRID_LIMIT})"
             )));
         }
 

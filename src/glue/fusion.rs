@@ -443,7 +443,11 @@ fn chunk_masses<B: FusionBackend + SparseAttentionBackend>(
 ) -> Option<Tensor<Fusion<B>, 3>> {
     let [bh, chunks, m, width] = rows.dims();
     let nqb = m / samples.max(1);
-    if !B::chunk_masses_apply(&rows.device(), rows.dtype(), bh, chunks, nqb, samples, width, nkb) {
+    // The inner backend's own shape checks, here, so the registered op cannot find them false.
+    if lse.dims() != [bh, chunks, m]
+        || nqb * samples != m
+        || !B::chunk_masses_apply(&rows.device(), rows.dtype(), bh, chunks, nqb, samples, width, nkb)
+    {
         return None;
     }
     let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {

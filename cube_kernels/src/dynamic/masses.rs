@@ -38,8 +38,8 @@ pub fn row_lse(lse: &Array<f32>, out: &mut Array<f32>, rows: u32, m: u32, chunks
 
 /// Chunk `CUBE_POS_Z`'s columns of `masses [bh, nqb, nkb]` (f32): cube `(qb, bh, t)`, unit
 /// `j` writes key block `t * width + j` (when below `nkb`): the sum over the query block's
-/// `samples` rows `a` of `w_a * rows[bh, t, qb * samples + a, j]`, `w_a = exp(lse[bh, t, a] -
-/// lse_row[bh, a])`. A row whose chunk keys are all masked (`w_a = 0`) adds nothing, whatever its
+/// `samples` rows `a` of `w_a * rows[bh, t, qb * samples + a, j]`, `w_a = exp(lse[bh, t, qb *
+/// samples + a] - lse_row[bh, qb * samples + a])`. A row whose chunk keys are all masked (`w_a = 0`) adds nothing, whatever its
 /// output. `rows [bh, chunks, nqb * samples, width]` in the engine's dtype, `lse [bh, chunks,
 /// nqb * samples]`, `lse_row [bh, nqb * samples]` (f32).
 #[cube(launch)]
