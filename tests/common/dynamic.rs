@@ -157,16 +157,13 @@ pub fn brute_select(masses: &[f32], tau: f32, k_min: usize, k_max: usize, sinks:
         }
     }
     // Running sums in the contract's order: the rounds of an inclusive scan (round `s` adds to
-    // each rank the sum that round `s / 2` left `s` ranks earlier), written out here level by
-    // level from the ranked masses.
-    let mut levels = vec![ranked.iter().map(|&j| masses[j]).collect::<Vec<f32>>()];
+    // each rank the previous round's sum `s` ranks earlier).
+    let mut cum: Vec<f32> = ranked.iter().map(|&j| masses[j]).collect();
     let mut s = 1;
     while s < n {
-        let last = levels.last().expect("a level");
-        levels.push((0..n).map(|r| if r >= s { last[r] + last[r - s] } else { last[r] }).collect());
+        cum = (0..n).map(|r| if r >= s { cum[r] + cum[r - s] } else { cum[r] }).collect();
         s *= 2;
     }
-    let cum = levels.pop().expect("a level");
     let target = tau * cum[n - 1];
     // k: one more than the ranks still below the target (counted, as the contract fixes).
     let k = (cum.iter().filter(|&&c| c < target).count() + 1).min(n);
