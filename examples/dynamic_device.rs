@@ -31,7 +31,7 @@ use clap::Parser;
 use dit_attention::combined::{CombinedAttentionConfig, HeadChoice, KvMergeConfig};
 use dit_attention::dynamic::{DynamicSparseAttentionConfig, ThresholdSchedule, Thresholds};
 use dit_attention::{AttentionOptions, CallPosition, Canvas, MergeAmount, TextSpec};
-use timing::{Res, time_ms};
+use timing::{Res, stream_ms, time_ms};
 
 #[derive(Parser)]
 struct Args {
@@ -89,6 +89,7 @@ fn main() -> Res<()> {
     let args = Args::parse();
     let device = CudaDevice::default();
     let time = |f: &dyn Fn() -> Res<()>| time_ms(&device, args.runs, f);
+    let stream = |f: &dyn Fn() -> Res<()>| stream_ms(&device, args.runs, f);
     let mut shapes = vec![];
     for name in args.shapes.split(',') {
         let (batch, heads, canvas, text) = match name {
@@ -103,6 +104,7 @@ fn main() -> Res<()> {
         let base = Tensor::<B, 4>::from_data(TensorData::new(base, [1, 1, n, d]), &device).expand([batch, heads, n, d]);
         let mut entries = vec![];
         let mut dense_ms = f64::NAN;
+        let mut dense_stream = f64::NAN;
         for inputs in ["random", "local"] {
             let make = || match inputs {
                 "random" => noise().cast(DType::BF16),
@@ -132,8 +134,12 @@ fn main() -> Res<()> {
                 }
                 sync()?;
                 host.sort_by(f64::total_cmp);
+                let estimate_stream = stream(&|| {
+                    module.select(&q, &k, &v, None, None)?;
+                    Ok(())
+                })?;
                 println!(
-                    "{name} {inputs} last step: estimate {estimate_ms:.3} ms (host {:.3} ms)",
+                    "{name} {inputs} last step: estimate {estimate_ms:.3} ms (host {:.3} ms), in a stream {estimate_stream:.3} ms",
                     host[host.len() / 2]
                 );
                 // Pieces of the estimate: the two gathers of the sampled tokens, and an engine
@@ -171,11 +177,13 @@ fn main() -> Res<()> {
                 continue;
             }
             if inputs == "random" && !args.combined_only {
-                dense_ms = time(&|| {
+                let dense = || {
                     dit_attention::dense_attention(q.clone(), k.clone(), v.clone(), None, AttentionOptions::default())?;
                     Ok(())
-                })?;
-                println!("{name} dense (ours): {dense_ms:.3} ms");
+                };
+                dense_ms = time(&dense)?;
+                dense_stream = stream(&dense)?;
+                println!("{name} dense (ours): {dense_ms:.3} ms, in a stream {dense_stream:.3} ms");
             }
             let steps = [
                 ("first step", Thresholds { tau: 0.98, min_ratio: 0.12, max_ratio: 1.0 }),
@@ -191,6 +199,16 @@ fn main() -> Res<()> {
                     Ok(())
                 })?;
                 let estimate_ms = time(&|| {
+                    module.select(&q, &k, &v, None, None)?;
+                    Ok(())
+                })?;
+                // The same two back to back, one sync per batch: the estimate's share of a call in
+                // a model's forward pass, free of the per-call sync.
+                let call_stream = stream(&|| {
+                    module.forward_at(q.clone(), k.clone(), v.clone(), None, None)?;
+                    Ok(())
+                })?;
+                let estimate_stream = stream(&|| {
                     module.select(&q, &k, &v, None, None)?;
                     Ok(())
                 })?;
@@ -210,10 +228,16 @@ fn main() -> Res<()> {
                     100.0 * estimate_ms / call_ms,
                     density * dense_ms / attention_ms,
                 );
+                println!(
+                    "  in a stream: call {call_stream:.3} ms ({:.2}x dense {dense_stream:.3}), estimate {estimate_stream:.3} ms ({:.1}% of the call)",
+                    dense_stream / call_stream,
+                    100.0 * estimate_stream / call_stream,
+                );
                 entries.push(serde_json::json!({
                     "inputs": inputs, "step": step, "tau": t.tau, "min_ratio": t.min_ratio, "max_ratio": t.max_ratio,
                     "density": density, "call_ms": call_ms, "estimate_ms": estimate_ms,
                     "attention_ms": attention_ms, "target_ms": budget,
+                    "call_stream_ms": call_stream, "estimate_stream_ms": estimate_stream, "dense_stream_ms": dense_stream,
                 }));
             }
             // Combined attention past its warm-up, the last step's thresholds for dynamic heads;

@@ -31,3 +31,23 @@ pub fn time_ms(device: &CudaDevice, runs: usize, f: &dyn Fn() -> Res<()>) -> Res
     }
     Ok(median(times))
 }
+
+/// Milliseconds per call of `f` in a stream: `runs` calls enqueued back to back, one device sync
+/// after them (the host ahead of the device, as in a model's forward pass, and the sync's own
+/// cost shared by every call); the median of five such batches after one synchronised warm-up.
+#[allow(dead_code)]
+pub fn stream_ms(device: &CudaDevice, runs: usize, f: &dyn Fn() -> Res<()>) -> Res<f64> {
+    let sync = || Cuda::<f32, i32>::sync(device).map_err(|e| format!("{e:?}"));
+    f()?;
+    sync()?;
+    let mut times = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..runs {
+            f()?;
+        }
+        sync()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3 / runs as f64);
+    }
+    Ok(median(times))
+}

@@ -13,7 +13,7 @@ use super::select::{BlockBudget, sample_positions};
 use crate::attention::{CallPosition, attention_with_plan, check_backend};
 use crate::canvas::{Canvas, TextSpec, TokenOrder, VideoLayout};
 use crate::error::DitAttentionError;
-use crate::glue::{BlockLists, BlockSelection, SparseAttentionBackend, index_tensor, unwrap, wrap};
+use crate::glue::{BlockLists, BlockSelection, SparseAttentionBackend, unwrap, wrap};
 use crate::mask::{BlockLayout, BlockPartition};
 use crate::plan::KernelPlan;
 use crate::reference::{AttentionOptions, AttentionOutput, check_qkv};
@@ -205,17 +205,16 @@ impl DynamicSparseAttention {
         let chunks = p.blocks.len().div_ceil(CHUNK_BLOCKS);
         if b * h * chunks > GRID_LIMIT {
             return Err(DitAttentionError::Invalid(format!(
-                "{b} x {h} batch-heads x {chunks} key chunks of the estimate ({CHUNK_BLOCKS} blocks each) exceed the kernels' launch grid ({GRID_LIMIT})"
+                "{b} x {h} batch-heads x {chunks} key chunks of the estimate (up to {CHUNK_BLOCKS} blocks each) exceed the kernels' launch grid ({GRID_LIMIT})"
             )));
         }
 
         // Masses from the sampled tokens (no gradient flows into the selection).
         let s = self.config.samples;
         let nb = p.blocks.len();
-        let idx = index_tensor::<B>(self.sampled_positions(position), &q.device());
-        let (qs, ks) = (q.clone().detach().select(2, idx.clone()), k.clone().detach().select(2, idx.clone()));
-        let bias = bias.map(|x| x.clone().detach().select(2, idx));
-        let masses = block_masses(qs, ks, bias, s, scale)?;
+        let positions = self.sampled_positions(position);
+        let bias = bias.map(|x| x.clone().detach());
+        let masses = block_masses(q.clone().detach(), k.clone().detach(), bias, &positions, s, scale)?;
         let budget = self.budget(thresholds);
         let job = SelectJob {
             bh: b * h,

@@ -94,14 +94,14 @@ pub fn sample_positions(blocks: &BlockLayout, samples: usize, seed: u64) -> Vec<
             out.extend((0..samples).map(|i| range.start + i % len));
             continue;
         }
-        let mut picked = std::collections::BTreeSet::new();
+        // A few picks per block: a linear search beats a set (this runs before every estimate).
+        let first = out.len();
         for j in len - samples..len {
-            let t = rng.below(j + 1);
-            if !picked.insert(t) {
-                picked.insert(j);
-            }
+            let t = range.start + rng.below(j + 1);
+            let picked = &out[first..];
+            out.push(if picked.contains(&t) { range.start + j } else { t });
         }
-        out.extend(picked.into_iter().map(|i| range.start + i));
+        out[first..].sort_unstable();
     }
     out
 }

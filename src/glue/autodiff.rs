@@ -10,7 +10,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::{DType, Tensor, backend::Backend, ops::FloatTensor};
 
-use dit_attention_kernels::dynamic::SelectJob;
+use dit_attention_kernels::dynamic::{ChunkGeometry, SelectJob};
 use dit_attention_kernels::stats::FrameRows;
 
 use super::backend::{BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend};
@@ -143,27 +143,12 @@ impl<B: SparseAttentionBackend, C: CheckpointStrategy> SparseAttentionBackend fo
         Tensor::from_inner(B::top_sum(x.inner(), m))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn chunk_masses_apply(
-        device: &Self::Device,
-        dtype: DType,
-        bh: usize,
-        chunks: usize,
-        nqb: usize,
-        samples: usize,
-        width: usize,
-        nkb: usize,
-    ) -> bool {
-        B::chunk_masses_apply(device, dtype, bh, chunks, nqb, samples, width, nkb)
+    fn chunk_masses_apply(device: &Self::Device, dtype: DType, geometry: &ChunkGeometry) -> bool {
+        B::chunk_masses_apply(device, dtype, geometry)
     }
 
-    fn chunk_masses(
-        rows: Tensor<Self, 4>,
-        lse: Tensor<Self, 3>,
-        samples: usize,
-        nkb: usize,
-    ) -> Option<Tensor<Self, 3>> {
-        B::chunk_masses(rows.inner(), lse.inner(), samples, nkb).map(Tensor::from_inner)
+    fn chunk_masses(rows: Tensor<Self, 4>, lse: Tensor<Self, 3>, geometry: &ChunkGeometry) -> Option<Tensor<Self, 3>> {
+        B::chunk_masses(rows.inner(), lse.inner(), geometry).map(Tensor::from_inner)
     }
 
     // No gradient of its own (as documented): the inner backend's checked product.

@@ -5,7 +5,7 @@ use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend, ops::F
 
 use std::sync::Arc;
 
-use dit_attention_kernels::dynamic::SelectJob;
+use dit_attention_kernels::dynamic::{ChunkGeometry, SelectJob};
 use dit_attention_kernels::stats::FrameRows;
 
 use crate::combined::top_sum_reference;
@@ -80,41 +80,25 @@ pub trait SparseAttentionBackend: Backend {
     }
 
     /// Whether [`chunk_masses`](Self::chunk_masses) runs a kernel for an engine output in
-    /// `dtype` of `bh` batch-heads, `chunks` chunks of `width` key blocks, `nqb` query blocks of
-    /// `samples` sampled rows and `nkb` key blocks in all (otherwise the dynamic estimate's
-    /// burn-op composite runs).
-    #[allow(clippy::too_many_arguments)]
-    fn chunk_masses_apply(
-        device: &Self::Device,
-        dtype: DType,
-        bh: usize,
-        chunks: usize,
-        nqb: usize,
-        samples: usize,
-        width: usize,
-        nkb: usize,
-    ) -> bool {
-        let _ = (device, dtype, bh, chunks, nqb, samples, width, nkb);
+    /// `dtype` of this geometry (otherwise the dynamic estimate's burn-op composite runs).
+    fn chunk_masses_apply(device: &Self::Device, dtype: DType, geometry: &ChunkGeometry) -> bool {
+        let _ = (device, dtype, geometry);
         false
     }
 
     /// The dynamic estimate's block masses `[bh, nqb, nkb]` (f32) from the engine's chunked
     /// one-hot attention over the sampled tokens, where
-    /// [`chunk_masses_apply`](Self::chunk_masses_apply) (`None` elsewhere): chunk `t` of
-    /// batch-head `bh` gave `rows[bh, t] [nqb * samples, width]` (each row's mass in key blocks
-    /// `t * width ..`, normalised over the chunk) and `lse[bh, t] [nqb * samples]`; the chunks'
-    /// LSEs rescale each to its whole row, and each query block sums its rows (see
-    /// `dit_attention_kernels::dynamic::chunk_masses`). No gradient.
+    /// [`chunk_masses_apply`](Self::chunk_masses_apply) (`None` elsewhere, or where the tensors
+    /// are not of the geometry's shapes): chunk `t` of batch-head `bh` gave `rows[bh, t] [nqb *
+    /// samples, width]` (each row's mass in key blocks `t * per_chunk ..`, normalised over the
+    /// chunk) and `lse[bh, t] [nqb * samples]`; the chunks' LSEs rescale each to its whole row,
+    /// and each query block sums its rows (see `dit_attention_kernels::dynamic::chunk_masses`).
+    /// No gradient.
     ///
     /// # Shapes
     /// - rows `[bh, chunks, nqb * samples, width]`, lse `[bh, chunks, nqb * samples]`
-    fn chunk_masses(
-        rows: Tensor<Self, 4>,
-        lse: Tensor<Self, 3>,
-        samples: usize,
-        nkb: usize,
-    ) -> Option<Tensor<Self, 3>> {
-        let _ = (rows, lse, samples, nkb);
+    fn chunk_masses(rows: Tensor<Self, 4>, lse: Tensor<Self, 3>, geometry: &ChunkGeometry) -> Option<Tensor<Self, 3>> {
+        let _ = (rows, lse, geometry);
         None
     }
 
@@ -370,4 +354,10 @@ pub(crate) fn wrap<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D
 /// A tensor's float primitive.
 pub(crate) fn unwrap<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
     x.into_primitive().tensor()
+}
+
+/// Whether the engine's chunked rows and LSE have the shapes of `g` (checked before a kernel or
+/// a fused op takes them).
+pub(crate) fn chunk_shapes_match<B: Backend>(rows: &Tensor<B, 4>, lse: &Tensor<B, 3>, g: &ChunkGeometry) -> bool {
+    rows.dims() == [g.bh, g.chunks, g.rows(), g.width] && lse.dims() == [g.bh, g.chunks, g.rows()]
 }

@@ -8,7 +8,7 @@ use dit_attention_kernels::attention::{
     BackwardInputs, BlockMapArrays, ForwardPath, ForwardProblem, KernelElem, TC_ROWS, backward_elem, forward_elem,
 };
 
-use dit_attention_kernels::dynamic::SelectJob;
+use dit_attention_kernels::dynamic::{ChunkGeometry, SelectJob};
 use dit_attention_kernels::matmul::{launch_batched_matmul, matmul_fits};
 use dit_attention_kernels::stats::FrameRows;
 
@@ -136,27 +136,12 @@ where
         super::cube_dynamic::top_sum(x, m)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn chunk_masses_apply(
-        device: &Self::Device,
-        dtype: DType,
-        bh: usize,
-        chunks: usize,
-        nqb: usize,
-        samples: usize,
-        width: usize,
-        nkb: usize,
-    ) -> bool {
-        super::cube_dynamic::chunk_masses_apply::<R>(device, dtype, bh, chunks, nqb, samples, width, nkb)
+    fn chunk_masses_apply(device: &Self::Device, dtype: DType, geometry: &ChunkGeometry) -> bool {
+        super::cube_dynamic::chunk_masses_apply::<R>(device, dtype, geometry)
     }
 
-    fn chunk_masses(
-        rows: Tensor<Self, 4>,
-        lse: Tensor<Self, 3>,
-        samples: usize,
-        nkb: usize,
-    ) -> Option<Tensor<Self, 3>> {
-        super::cube_dynamic::chunk_masses(rows, lse, samples, nkb)
+    fn chunk_masses(rows: Tensor<Self, 4>, lse: Tensor<Self, 3>, geometry: &ChunkGeometry) -> Option<Tensor<Self, 3>> {
+        super::cube_dynamic::chunk_masses(rows, lse, geometry)
     }
 
     fn frame_statistics_apply(

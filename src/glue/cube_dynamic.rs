@@ -6,12 +6,12 @@ use burn::tensor::{DType, Int, Shape, Tensor};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous};
 use dit_attention_kernels::attention::{BlockMapArrays, KernelElem, KeyBlocks};
-use dit_attention_kernels::dynamic::{SelectJob, chunk_masses_fit, launch_chunk_masses, launch_select, select_fits};
+use dit_attention_kernels::dynamic::{ChunkGeometry, SelectJob, launch_chunk_masses, launch_select, select_fits};
 use dit_attention_kernels::stats::{
     FrameRows, UNITS as STATS_UNITS, launch_cross_frame_energy, launch_frame_row_stats, launch_top_sum,
 };
 
-use super::backend::{BlockLists, BlockSelection, SparseAttentionBackend, unwrap, wrap};
+use super::backend::{BlockLists, BlockSelection, SparseAttentionBackend, chunk_shapes_match, unwrap, wrap};
 use super::cube::{kernel_elem, launch_forward};
 use crate::combined::top_sum_reference;
 use crate::dynamic::select_reference;
@@ -140,19 +140,8 @@ pub(super) fn frame_statistics<R: CubeRuntime, F: FloatElement, I: IntElement, B
 
 /// Whether the block-mass kernels take this engine output (see
 /// [`SparseAttentionBackend::chunk_masses_apply`]).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn chunk_masses_apply<R: CubeRuntime>(
-    device: &R::Device,
-    dtype: DType,
-    bh: usize,
-    chunks: usize,
-    nqb: usize,
-    samples: usize,
-    width: usize,
-    nkb: usize,
-) -> bool {
-    kernel_elem(dtype).is_some_and(|e| e.supported(&R::client(device)))
-        && chunk_masses_fit(bh, chunks, nqb, nkb, samples, width)
+pub(super) fn chunk_masses_apply<R: CubeRuntime>(device: &R::Device, dtype: DType, geometry: &ChunkGeometry) -> bool {
+    kernel_elem(dtype).is_some_and(|e| e.supported(&R::client(device))) && geometry.fits()
 }
 
 /// The block masses from the engine's chunked output: the rows' LSE over the chunks, then the
@@ -160,27 +149,26 @@ pub(super) fn chunk_masses_apply<R: CubeRuntime>(
 pub(super) fn chunk_masses<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     rows: Tensor<Cube<R, F, I, BT>, 4>,
     lse: Tensor<Cube<R, F, I, BT>, 3>,
-    samples: usize,
-    nkb: usize,
+    g: &ChunkGeometry,
 ) -> Option<Tensor<Cube<R, F, I, BT>, 3>> {
-    let [bh, chunks, m, width] = rows.dims();
-    let nqb = m / samples.max(1);
     let dtype = rows.dtype();
-    if lse.dims() != [bh, chunks, m]
-        || nqb * samples != m
-        || !chunk_masses_apply::<R>(&rows.device(), dtype, bh, chunks, nqb, samples, width, nkb)
-    {
+    if !chunk_shapes_match(&rows, &lse, g) || !chunk_masses_apply::<R>(&rows.device(), dtype, g) {
         return None;
     }
     let rows: CubeTensor<R> = into_contiguous(unwrap(rows));
     let lse: CubeTensor<R> = into_contiguous(unwrap(lse.cast(DType::F32)));
     let (r, l, c) = (&rows.handle, &lse.handle, &rows.client);
     let handle = match kernel_elem(dtype)? {
-        KernelElem::F32 => launch_chunk_masses::<R, f32>(c, r, l, bh, chunks, nqb, nkb, samples, width),
-        KernelElem::F16 => launch_chunk_masses::<R, burn::tensor::f16>(c, r, l, bh, chunks, nqb, nkb, samples, width),
-        KernelElem::BF16 => launch_chunk_masses::<R, burn::tensor::bf16>(c, r, l, bh, chunks, nqb, nkb, samples, width),
+        KernelElem::F32 => launch_chunk_masses::<R, f32>(c, r, l, g),
+        KernelElem::F16 => launch_chunk_masses::<R, burn::tensor::f16>(c, r, l, g),
+        KernelElem::BF16 => launch_chunk_masses::<R, burn::tensor::bf16>(c, r, l, g),
     };
-    let masses =
-        CubeTensor::new_contiguous(c.clone(), rows.device.clone(), Shape::from(vec![bh, nqb, nkb]), handle, DType::F32);
+    let masses = CubeTensor::new_contiguous(
+        c.clone(),
+        rows.device.clone(),
+        Shape::from(vec![g.bh, g.nqb, g.nkb]),
+        handle,
+        DType::F32,
+    );
     Some(wrap::<Cube<R, F, I, BT>, 3>(masses))
 }

@@ -11,10 +11,12 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use dit_attention_kernels::dynamic::SelectJob;
+use dit_attention_kernels::dynamic::{ChunkGeometry, SelectJob};
 use dit_attention_kernels::stats::FrameRows;
 
-use super::backend::{BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend};
+use super::backend::{
+    BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend, chunk_shapes_match,
+};
 use crate::error::Result;
 use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
 use crate::merge::{MergeLayout, metric_rows, unit_metric, unit_metric_width, unit_scores};
@@ -101,27 +103,12 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
         top_sum::<B>(x, m)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn chunk_masses_apply(
-        device: &Self::Device,
-        dtype: DType,
-        bh: usize,
-        chunks: usize,
-        nqb: usize,
-        samples: usize,
-        width: usize,
-        nkb: usize,
-    ) -> bool {
-        B::chunk_masses_apply(device, dtype, bh, chunks, nqb, samples, width, nkb)
+    fn chunk_masses_apply(device: &Self::Device, dtype: DType, geometry: &ChunkGeometry) -> bool {
+        B::chunk_masses_apply(device, dtype, geometry)
     }
 
-    fn chunk_masses(
-        rows: Tensor<Self, 4>,
-        lse: Tensor<Self, 3>,
-        samples: usize,
-        nkb: usize,
-    ) -> Option<Tensor<Self, 3>> {
-        chunk_masses::<B>(rows, lse, samples, nkb)
+    fn chunk_masses(rows: Tensor<Self, 4>, lse: Tensor<Self, 3>, geometry: &ChunkGeometry) -> Option<Tensor<Self, 3>> {
+        chunk_masses::<B>(rows, lse, geometry)
     }
 
     fn frame_statistics_apply(
@@ -438,30 +425,24 @@ fn top_sum<B: FusionBackend + SparseAttentionBackend>(x: Tensor<Fusion<B>, 2>, m
 fn chunk_masses<B: FusionBackend + SparseAttentionBackend>(
     rows: Tensor<Fusion<B>, 4>,
     lse: Tensor<Fusion<B>, 3>,
-    samples: usize,
-    nkb: usize,
+    geometry: &ChunkGeometry,
 ) -> Option<Tensor<Fusion<B>, 3>> {
-    let [bh, chunks, m, width] = rows.dims();
-    let nqb = m / samples.max(1);
+    let g = *geometry;
     // The inner backend's own shape checks, here, so the registered op cannot find them false.
-    if lse.dims() != [bh, chunks, m]
-        || nqb * samples != m
-        || !B::chunk_masses_apply(&rows.device(), rows.dtype(), bh, chunks, nqb, samples, width, nkb)
-    {
+    if !chunk_shapes_match(&rows, &lse, &g) || !B::chunk_masses_apply(&rows.device(), rows.dtype(), &g) {
         return None;
     }
     let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
         let mut ins = ins.into_iter().map(float::<B>);
         let rows = Tensor::from_primitive(TensorPrimitive::Float(ins.next().expect("two inputs")));
         let lse = Tensor::from_primitive(TensorPrimitive::Float(ins.next().expect("two inputs")));
-        let masses =
-            B::chunk_masses(rows, lse, samples, nkb).expect("chunk_masses_apply held when the op was registered");
+        let masses = B::chunk_masses(rows, lse, &g).expect("chunk_masses_apply held when the op was registered");
         vec![Prim::Float(masses.into_primitive().tensor())]
     });
     let mut outs = register::<B>(
         "dit_attention::chunk_masses",
         vec![(Kind::Float, rows.into_primitive().tensor()), (Kind::Float, lse.into_primitive().tensor())],
-        vec![(Kind::Float, vec![bh, nqb, nkb], DType::F32)],
+        vec![(Kind::Float, vec![g.bh, g.nqb, g.nkb], DType::F32)],
         run,
     );
     Some(Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("one output"))))

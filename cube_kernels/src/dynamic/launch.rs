@@ -1,5 +1,6 @@
 //! Host side of the block selection.
 
+use cubecl::ir::features::Plane;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
@@ -84,6 +85,15 @@ pub fn launch_select<R: Runtime, I: Int + CubeElement>(
         job.sinks as u32,
         UNITS,
         capacity(job.nkb),
+        select_planes(client),
     );
     out
+}
+
+/// Whether the kernel's scans go through plane sums and, where the cube holds two slots a unit
+/// (`cap = 2 * UNITS`, 257 to 512 key blocks), the sort's rounds within 64 slots through plane
+/// shuffles: plane operations and planes of 32.
+fn select_planes<R: Runtime>(client: &ComputeClient<R>) -> bool {
+    let hw = &client.properties().hardware;
+    client.features().plane.contains(Plane::Ops) && hw.plane_size_min == 32 && hw.plane_size_max == 32
 }

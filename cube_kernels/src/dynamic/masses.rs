@@ -1,7 +1,7 @@
 //! Block masses from the engine's chunked one-hot attention (the dynamic estimate's last step).
 //!
-//! One engine call over the sampled tokens gave, per batch-head `bh` and chunk `t` of `width`
-//! key blocks, each sampled row's softmax mass in the chunk's blocks (normalised over the
+//! One engine call over the sampled tokens gave, per batch-head `bh` and chunk `t` of
+//! `per_chunk` key blocks, each sampled row's softmax mass in the chunk's blocks (normalised over the
 //! chunk's keys) and the chunk's LSE. The row's LSE over every chunk rescales each chunk to the
 //! whole row (`exp(lse_t - lse_row)`), and a query block's mass in a key block sums its rows.
 
@@ -37,11 +37,12 @@ pub fn row_lse(lse: &Array<f32>, out: &mut Array<f32>, rows: u32, m: u32, chunks
 }
 
 /// Chunk `CUBE_POS_Z`'s columns of `masses [bh, nqb, nkb]` (f32): cube `(qb, bh, t)`, unit
-/// `j` writes key block `t * width + j` (when below `nkb`): the sum over the query block's
-/// `samples` rows `a` of `w_a * rows[bh, t, qb * samples + a, j]`, `w_a = exp(lse[bh, t, qb *
-/// samples + a] - lse_row[bh, qb * samples + a])`. A row whose chunk keys are all masked (`w_a = 0`) adds nothing, whatever its
-/// output. `rows [bh, chunks, nqb * samples, width]` in the engine's dtype, `lse [bh, chunks,
-/// nqb * samples]`, `lse_row [bh, nqb * samples]` (f32).
+/// `j < per_chunk` writes key block `t * per_chunk + j` (when below `nkb`): the sum over the
+/// query block's `samples` rows `a` of `w_a * rows[bh, t, qb * samples + a, j]`, `w_a =
+/// exp(lse[bh, t, qb * samples + a] - lse_row[bh, qb * samples + a])`. A row whose chunk keys
+/// are all masked (`w_a = 0`) adds nothing, whatever its output. `rows [bh, chunks, nqb *
+/// samples, width]` in the engine's dtype (`per_chunk <= width` columns used), `lse [bh,
+/// chunks, nqb * samples]`, `lse_row [bh, nqb * samples]` (f32).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_masses<F: Float>(
@@ -51,6 +52,7 @@ pub fn chunk_masses<F: Float>(
     masses: &mut Array<f32>,
     nqb: u32,
     nkb: u32,
+    per_chunk: u32,
     #[comptime] samples: usize,
     #[comptime] width: usize,
 ) {
@@ -70,8 +72,8 @@ pub fn chunk_masses<F: Float>(
         a += width;
     }
     sync_cube();
-    let col = t * width + j;
-    if col < nkb as usize {
+    let col = t * per_chunk as usize + j;
+    if j < per_chunk as usize && col < nkb as usize {
         let mut sum = f32::new(0.0);
         #[unroll(samples <= 16)]
         for i in 0..samples {
@@ -85,37 +87,55 @@ pub fn chunk_masses<F: Float>(
     }
 }
 
-/// Where [`launch_chunk_masses`] applies: the grid takes `(nqb, bh, chunks)` and every offset
-/// fits 32 bits.
-pub fn chunk_masses_fit(bh: usize, chunks: usize, nqb: usize, nkb: usize, samples: usize, width: usize) -> bool {
-    let m = nqb * samples;
-    (1..=65_535).contains(&nqb)
-        && (1..=65_535).contains(&bh)
-        && (1..=65_535).contains(&chunks)
-        && (1..=1024).contains(&width)
-        && samples >= 1
-        && chunks * width >= nkb
-        && (bh * m).div_ceil(LSE_UNITS) <= 65_535
-        && bh * chunks * m * width < u32::MAX as usize
-        && bh * nqb * nkb < u32::MAX as usize
+/// The shapes of the block masses' inputs: `bh` batch-heads, `chunks` chunks of `per_chunk`
+/// key blocks (`nkb` in all), `nqb` query blocks of `samples` sampled rows; the engine's rows
+/// are `width >= per_chunk` wide (its value dim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkGeometry {
+    pub bh: usize,
+    pub chunks: usize,
+    pub per_chunk: usize,
+    pub width: usize,
+    pub nqb: usize,
+    pub samples: usize,
+    pub nkb: usize,
+}
+
+impl ChunkGeometry {
+    /// Sampled rows per batch-head.
+    pub fn rows(&self) -> usize {
+        self.nqb * self.samples
+    }
+
+    /// Whether [`launch_chunk_masses`] applies: the chunks cover the key blocks, the grid takes
+    /// `(nqb, bh, chunks)` and every offset fits 32 bits.
+    pub fn fits(&self) -> bool {
+        let &Self { bh, chunks, per_chunk, width, nqb, samples, nkb } = self;
+        let m = self.rows();
+        (1..=65_535).contains(&nqb)
+            && (1..=65_535).contains(&bh)
+            && (1..=65_535).contains(&chunks)
+            && (1..=1024).contains(&width)
+            && (1..=width).contains(&per_chunk)
+            && samples >= 1
+            && chunks * per_chunk >= nkb
+            && (bh * m).div_ceil(LSE_UNITS) <= 65_535
+            && bh * chunks * m * width < u32::MAX as usize
+            && bh * nqb * nkb < u32::MAX as usize
+    }
 }
 
 /// The masses `[bh, nqb, nkb]` (f32) from the engine's `rows [bh, chunks, nqb * samples,
 /// width]` and `lse [bh, chunks, nqb * samples]` (f32), contiguous: [`row_lse`], then
-/// [`chunk_masses`]. The caller checked [`chunk_masses_fit`].
-#[allow(clippy::too_many_arguments)]
+/// [`chunk_masses`]. The caller checked [`ChunkGeometry::fits`].
 pub fn launch_chunk_masses<R: Runtime, F: Float + CubeElement>(
     client: &ComputeClient<R>,
     rows: &Handle,
     lse: &Handle,
-    bh: usize,
-    chunks: usize,
-    nqb: usize,
-    nkb: usize,
-    samples: usize,
-    width: usize,
+    g: &ChunkGeometry,
 ) -> Handle {
-    let m = nqb * samples;
+    let &ChunkGeometry { bh, chunks, per_chunk, width, nqb, samples, nkb } = g;
+    let m = g.rows();
     let lse_row = client.empty(bh * m * size_of::<f32>());
     let masses = client.empty(bh * nqb * nkb * size_of::<f32>());
     row_lse::launch::<R>(
@@ -138,6 +158,7 @@ pub fn launch_chunk_masses<R: Runtime, F: Float + CubeElement>(
         array_arg(&masses, bh * nqb * nkb),
         nqb as u32,
         nkb as u32,
+        per_chunk as u32,
         samples,
         width,
     );

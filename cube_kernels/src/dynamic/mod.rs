@@ -7,5 +7,5 @@ mod masses;
 mod select;
 
 pub use launch::{SelectJob, SelectOutput, index_mask, launch_select, select_fits};
-pub use masses::{chunk_masses, chunk_masses_fit, launch_chunk_masses, row_lse};
+pub use masses::{ChunkGeometry, chunk_masses, launch_chunk_masses, row_lse};
 pub use select::block_select;

@@ -3,14 +3,15 @@
 
 use cubecl::prelude::*;
 
-use crate::merge::scan::{cube_sum, inclusive_scan};
+use crate::merge::scan::cube_scan;
 
 /// The kept key blocks of query block `CUBE_POS_X` of batch-head `CUBE_POS_Y`, from its row of
 /// `masses [bh, nqb, nkb]` (f32, contiguous).
 ///
 /// Each key block `j` gets the rank key `(bits(m_j) & !mask) | (mask - j)`: `m_j` its mass (0
 /// where NaN or not positive), `mask = 2P - 1` for `P` = `nkb` rounded up to a power of two
-/// (`index_mask`). Key blocks are ranked by key, descending (a bitonic sort in shared memory):
+/// (`index_mask`). Key blocks are ranked by key, descending (a bitonic sort in shared memory; with plane operations the rounds within a plane's 64
+/// slots go through shuffles):
 /// by mass with its low bits cleared, the lower index first where those agree. `cum[r]` = the
 /// masses of ranks `0..=r` summed in f32 by the rounds of an inclusive scan (`c[r] += c[r - s]`
 /// for s = 1, 2, 4, ..., each round reading the previous round's values), `total = cum[nkb -
@@ -35,6 +36,7 @@ pub fn block_select<I: Int>(
     sinks: u32,
     #[comptime] units: usize,
     #[comptime] cap: usize,
+    #[comptime] planes: bool,
 ) {
     let qb = CUBE_POS_X as usize;
     let bh = CUBE_POS_Y as usize;
@@ -68,32 +70,11 @@ pub fn block_select<I: Int>(
     }
     sync_cube();
 
-    // Bitonic sort of the keys, descending. Each unit takes whole pairs `(i, i | stride)`, `i`
-    // pair index `p` with a 0 bit inserted at the stride's position: every unit works in every
-    // round (iterating over slots would leave half of them idle).
-    let pairs = cap as u32 / 2u32;
-    let mut size = 2u32;
-    while size <= cap as u32 {
-        let mut stride = size / 2u32;
-        while stride > 0u32 {
-            let mut p = u as u32;
-            while p < pairs {
-                let low = p & (stride - 1u32);
-                let i = ((p - low) << 1u32) | low;
-                let j = i | stride;
-                let ki = keys[i as usize];
-                let kj = keys[j as usize];
-                let up = (i & size) == 0u32;
-                if up != (ki > kj) {
-                    keys[i as usize] = kj;
-                    keys[j as usize] = ki;
-                }
-                p += units as u32;
-            }
-            sync_cube();
-            stride /= 2u32;
-        }
-        size *= 2u32;
+    // Bitonic sort of the keys, descending.
+    if comptime![planes && cap == 2 * units] {
+        sort_planes(&mut keys, cap);
+    } else {
+        sort_shared(&mut keys, units, cap);
     }
 
     // Running sums in rank order: an inclusive scan in rounds, `c[r] += c[r - s]` for s = 1, 2,
@@ -146,7 +127,7 @@ pub fn block_select<I: Int>(
         }
         r += units;
     }
-    let mut k = cube_sum(below, &mut scan) + 1u32;
+    let mut k = cube_scan(below, &mut scan, planes).total + 1u32;
     if k > nkb {
         k = nkb;
     }
@@ -180,7 +161,8 @@ pub fn block_select<I: Int>(
             mine += flag[lo + c];
         }
     }
-    let end = inclusive_scan(mine, &mut scan);
+    let offsets = cube_scan(mine, &mut scan, planes);
+    let end = offsets.inclusive;
     let mut at = (end - mine) as usize;
     for c in 0..chunk {
         let j = lo + c;
@@ -190,7 +172,7 @@ pub fn block_select<I: Int>(
             at += 1usize;
         }
     }
-    let kept = scan[units - 1] as usize;
+    let kept = offsets.total as usize;
     if u == 0usize {
         counts[row] = I::cast_from(kept as u32);
     }
@@ -199,4 +181,105 @@ pub fn block_select<I: Int>(
         indices[row * n_k + pad] = I::cast_from(nkb);
         pad += units;
     }
+}
+
+/// Bitonic sort of `keys` (`cap` slots, distinct keys), descending, in shared memory: for
+/// `size = 2, 4, .., cap` and `stride = size / 2, .., 1`, slots `i` and `j = i | stride` (`i`
+/// with that bit clear) are ordered larger first where `i & size == 0`, smaller first elsewhere.
+/// Each unit takes whole pairs (pair `p` with a 0 bit inserted at the stride's position), so
+/// every unit works in every round.
+#[cube]
+fn sort_shared(keys: &mut SharedMemory<u32>, #[comptime] units: usize, #[comptime] cap: usize) {
+    let u = UNIT_POS as usize;
+    let pairs = cap as u32 / 2u32;
+    let mut size = 2u32;
+    while size <= cap as u32 {
+        let mut stride = size / 2u32;
+        while stride > 0u32 {
+            let mut p = u as u32;
+            while p < pairs {
+                let low = p & (stride - 1u32);
+                let i = ((p - low) << 1u32) | low;
+                let j = i | stride;
+                let ki = keys[i as usize];
+                let kj = keys[j as usize];
+                let up = (i & size) == 0u32;
+                if up != (ki > kj) {
+                    keys[i as usize] = kj;
+                    keys[j as usize] = ki;
+                }
+                p += units as u32;
+            }
+            sync_cube();
+            stride /= 2u32;
+        }
+        size *= 2u32;
+    }
+}
+
+/// [`sort_shared`]'s rounds with `cap = 2 * CUBE_DIM` and planes of 32: unit `u` holds slots
+/// `2u` and `2u + 1` in registers, so a plane holds 64 consecutive slots and the rounds with a
+/// stride below 64 go through plane shuffles (no shared memory, no cube sync); only strides of
+/// 64 and more pass through `keys`. The same pairs in the same order as [`sort_shared`].
+#[cube]
+fn sort_planes(keys: &mut SharedMemory<u32>, #[comptime] cap: usize) {
+    let e0 = 2 * UNIT_POS;
+    let lane = UNIT_POS_PLANE;
+    let mut x0 = keys[e0 as usize];
+    let mut x1 = keys[e0 as usize + 1];
+    let mut size = 2u32;
+    while size <= cap as u32 {
+        let up = (e0 & size) == 0u32;
+        let mut stride = size / 2u32;
+        if stride >= 64u32 {
+            keys[e0 as usize] = x0;
+            keys[e0 as usize + 1] = x1;
+            sync_cube();
+            while stride >= 64u32 {
+                // One pair per unit (`cap / 2` pairs).
+                let p = UNIT_POS;
+                let low = p & (stride - 1u32);
+                let i = ((p - low) << 1u32) | low;
+                let j = i | stride;
+                let ki = keys[i as usize];
+                let kj = keys[j as usize];
+                if ((i & size) == 0u32) != (ki > kj) {
+                    keys[i as usize] = kj;
+                    keys[j as usize] = ki;
+                }
+                sync_cube();
+                stride /= 2u32;
+            }
+            x0 = keys[e0 as usize];
+            x1 = keys[e0 as usize + 1];
+        }
+        // Strides 32 .. 2: the partner slot `e ^ stride` is lane `lane ^ stride / 2`'s slot
+        // of the same parity. The lower slot of a pair keeps the larger key where `up`.
+        while stride >= 2u32 {
+            let half = stride / 2u32;
+            let p0 = plane_shuffle_xor(x0, half);
+            let p1 = plane_shuffle_xor(x1, half);
+            let larger = ((lane & half) == 0u32) == up;
+            if larger != (x0 > p0) {
+                x0 = p0;
+            }
+            if larger != (x1 > p1) {
+                x1 = p1;
+            }
+            stride = half;
+        }
+        // Stride 1: the unit's own two slots.
+        let a = x0;
+        let b = x1;
+        if up != (a > b) {
+            x0 = b;
+            x1 = a;
+        }
+        size *= 2u32;
+    }
+    // Earlier readers of `keys` (the last shared round's read-back) are done before it is written.
+    sync_cube();
+    keys[e0 as usize] = x0;
+    keys[e0 as usize + 1] = x1;
+    sync_cube();
 }
