@@ -142,38 +142,7 @@ fn main() -> Res<()> {
                     "{name} {inputs} last step: estimate {estimate_ms:.3} ms (host {:.3} ms), in a stream {estimate_stream:.3} ms",
                     host[host.len() / 2]
                 );
-                // Pieces of the estimate: the two gathers of the sampled tokens, and an engine
-                // call the size of one chunk of keys (once, and five in a row): the launch cost.
-                let m = module.blocks().len() * module.config().samples;
-                let idx = Tensor::<B, 1, burn::tensor::Int>::arange(0..m as i64, &device);
-                let gather_ms = time(&|| {
-                    let _ = (q.clone().select(2, idx.clone()), k.clone().select(2, idx.clone()));
-                    Ok(())
-                })?;
-                let keys = 64 * module.config().samples;
-                let qs = q.clone().slice([0..batch, 0..heads, 0..m]);
-                let (ks, vs) =
-                    (k.clone().slice([0..batch, 0..heads, 0..keys]), v.clone().slice([0..batch, 0..heads, 0..keys]));
-                let chunk = || {
-                    dit_attention::dense_attention(
-                        qs.clone(),
-                        ks.clone(),
-                        vs.clone(),
-                        None,
-                        AttentionOptions::default(),
-                    )
-                };
-                let one_ms = time(&|| {
-                    chunk()?;
-                    Ok(())
-                })?;
-                let five_ms = time(&|| {
-                    for _ in 0..5 {
-                        chunk()?;
-                    }
-                    Ok(())
-                })?;
-                println!("  gathers {gather_ms:.3} ms, one chunk call {one_ms:.3} ms, five {five_ms:.3} ms");
+                // Its kernels one by one: run this mode under scripts/cupti (a GPU timeline).
                 continue;
             }
             if inputs == "random" && !args.combined_only {
