@@ -10,9 +10,9 @@ use crate::merge::scan::cube_scan;
 ///
 /// Each key block `j` gets the rank key `(bits(m_j) & !mask) | (mask - j)`: `m_j` its mass (0
 /// where NaN or not positive), `mask = 2P - 1` for `P` = `nkb` rounded up to a power of two
-/// (`index_mask`). Key blocks are ranked by key, descending (a bitonic sort in shared memory; with plane operations the rounds within a plane's 64
-/// slots go through shuffles):
-/// by mass with its low bits cleared, the lower index first where those agree. `cum[r]` = the
+/// (`index_mask`). Key blocks are ranked by key, descending (a bitonic sort in shared memory;
+/// with plane operations the rounds within a plane's 64 slots go through shuffles): by mass
+/// with its low bits cleared, the lower index first where those agree. `cum[r]` = the
 /// masses of ranks `0..=r` summed in f32 by the rounds of an inclusive scan (`c[r] += c[r - s]`
 /// for s = 1, 2, 4, ..., each round reading the previous round's values), `total = cum[nkb -
 /// 1]`; `k` = one more than the number of ranks with `cum[r] < tau * total`, at most `nkb` (the
