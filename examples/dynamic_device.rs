@@ -85,6 +85,25 @@ fn local_features(canvas: Canvas, text: usize, d: usize) -> Vec<f32> {
     out
 }
 
+/// What every synchronised timing carries: a call with no work, and one with one tiny kernel.
+fn sync_floor(device: &CudaDevice, runs: usize) -> Res<(f64, f64)> {
+    let empty = time_ms(device, runs, &|| Ok(()))?;
+    let tiny = Tensor::<B, 1>::ones([8], device);
+    let add = time_ms(device, runs, &|| {
+        let _ = tiny.clone() + 1.0;
+        Ok(())
+    })?;
+    Ok((empty, add))
+}
+
+/// burn's CUDA backend without its fusion layer.
+type Unfused = burn_cubecl::CubeBackend<dit_attention_kernels::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+/// `x` on [`Unfused`] (same device, same dtype).
+fn unfused(x: &Tensor<B, 4>) -> Tensor<Unfused, 4> {
+    Tensor::from_data(x.to_data(), &x.device())
+}
+
 fn main() -> Res<()> {
     let args = Args::parse();
     let device = CudaDevice::default();
@@ -123,6 +142,8 @@ fn main() -> Res<()> {
                     module.select(&q, &k, &v, None, None)?;
                     Ok(())
                 })?;
+                let (empty_ms, tiny_ms) = sync_floor(&device, args.runs)?;
+                println!("synchronised floor: no work {empty_ms:.3} ms, one 8-element add {tiny_ms:.3} ms");
                 // Host time of a call alone: enqueued without a sync (the device catches up after).
                 let sync = || <B as burn::tensor::backend::Backend>::sync(&device).map_err(|e| format!("{e:?}"));
                 let mut host = vec![];
@@ -142,6 +163,22 @@ fn main() -> Res<()> {
                     "{name} {inputs} last step: estimate {estimate_ms:.3} ms (host {:.3} ms), in a stream {estimate_stream:.3} ms",
                     host[host.len() / 2]
                 );
+                // The same estimate on the unfused backend (no fusion queue between the host and
+                // the kernels): how much of a synchronised estimate is burn's fusion layer.
+                let (qu, ku, vu) = (unfused(&q), unfused(&k), unfused(&v));
+                let unfused_sync =
+                    || <Unfused as burn::tensor::backend::Backend>::sync(&device).map_err(|e| format!("{e:?}"));
+                module.select(&qu, &ku, &vu, None, None)?;
+                unfused_sync()?;
+                let mut times = vec![];
+                for _ in 0..args.runs {
+                    let t0 = std::time::Instant::now();
+                    module.select(&qu, &ku, &vu, None, None)?;
+                    unfused_sync()?;
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+                times.sort_by(f64::total_cmp);
+                println!("{name} {inputs} last step: estimate on the unfused backend {:.3} ms", times[times.len() / 2]);
                 // Its kernels one by one: run this mode under scripts/cupti (a GPU timeline).
                 continue;
             }
@@ -153,6 +190,8 @@ fn main() -> Res<()> {
                 dense_ms = time(&dense)?;
                 dense_stream = stream(&dense)?;
                 println!("{name} dense (ours): {dense_ms:.3} ms, in a stream {dense_stream:.3} ms");
+                let (_, floor_ms) = sync_floor(&device, args.runs)?;
+                println!("{name} synchronised floor (one 8-element add): {floor_ms:.3} ms");
             }
             let steps = [
                 ("first step", Thresholds { tau: 0.98, min_ratio: 0.12, max_ratio: 1.0 }),
@@ -190,11 +229,15 @@ fn main() -> Res<()> {
                 let out = module.forward_at(q.clone(), k.clone(), v.clone(), None, None)?;
                 let density = out.density();
                 let budget = 1.15 * density * dense_ms + estimate_ms;
+                // What the estimate adds to a synchronised call: the call less its attention on a
+                // given selection (each timing carries the sync's latency once).
+                let estimate_in_call = call_ms - attention_ms;
                 println!(
-                    "{name} {inputs} {step}: density {density:.3}; call {call_ms:.3} ms ({:.2}x dense; target <= {budget:.3} ms: {}), estimate {estimate_ms:.3} ms ({:.1}% of the call), attention {attention_ms:.3} ms ({:.2} of dense per pair)",
+                    "{name} {inputs} {step}: density {density:.3}; call {call_ms:.3} ms ({:.2}x dense; target <= {budget:.3} ms: {}), estimate {estimate_ms:.3} ms ({:.1}% of the call; in the call {estimate_in_call:.3} ms, {:.1}%), attention {attention_ms:.3} ms ({:.2} of dense per pair)",
                     dense_ms / call_ms,
                     if call_ms <= budget { "met" } else { "NOT met" },
                     100.0 * estimate_ms / call_ms,
+                    100.0 * estimate_in_call / call_ms,
                     density * dense_ms / attention_ms,
                 );
                 println!(
@@ -205,7 +248,7 @@ fn main() -> Res<()> {
                 entries.push(serde_json::json!({
                     "inputs": inputs, "step": step, "tau": t.tau, "min_ratio": t.min_ratio, "max_ratio": t.max_ratio,
                     "density": density, "call_ms": call_ms, "estimate_ms": estimate_ms,
-                    "attention_ms": attention_ms, "target_ms": budget,
+                    "attention_ms": attention_ms, "target_ms": budget, "estimate_in_call_ms": estimate_in_call,
                     "call_stream_ms": call_stream, "estimate_stream_ms": estimate_stream, "dense_stream_ms": dense_stream,
                 }));
             }

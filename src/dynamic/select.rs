@@ -2,7 +2,7 @@
 //! contract the selection kernel implements, replayed on the host by the reference path).
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
-use dit_attention_kernels::dynamic::{SelectJob, index_mask};
+use dit_attention_kernels::dynamic::{SelectJob, blocks_per_lane, index_mask};
 
 use crate::glue::BlockSelection;
 use crate::mask::BlockLayout;
@@ -36,12 +36,10 @@ impl BlockBudget {
 /// an f32 (0 where NaN or not positive) and `mask = 2P - 1` for `P` = the block count rounded up
 /// to a power of two: key blocks are ranked by key, descending, that is by mass with its low
 /// bits cleared (masses within about `2^(log2(P) - 22)` of each other, relatively, count as
-/// equal), the lower index first where those agree. `cum[r]` = the masses of ranks `0..=r`
-/// summed in f32 by the rounds of an inclusive scan (`s = 1, 2, 4, ...`, each `c[r] += c[r -
-/// s]` on the previous round's values), `total` = the last of them; `k` = one more than the
-/// number of ranks with `cum[r] < tau * total`, at most every block (the smallest count reaching
-/// `tau` where the sums rise), clamped to `[k_min, k_max]`; the first `k` ranks are kept, and
-/// every key block `< sinks`. A query block `< sinks` keeps every key block.
+/// equal), the lower index first where those agree. The mass of a set of key blocks is the fixed
+/// f32 sum [`lane_sum`]; `k` = the fewest top ranks whose mass reaches `tau` times the mass of
+/// every block (at least 1; every block if none does), clamped to `[k_min, k_max]`; the first `k`
+/// ranks are kept, and every key block `< sinks`. A query block `< sinks` keeps every key block.
 pub fn select_blocks(masses: &[f32], tau: f32, budget: BlockBudget, query_block: usize) -> Vec<u32> {
     // NaN, -0 and below count as 0, as in the kernel.
     let masses: Vec<f32> = masses.iter().map(|&m| if m > 0.0 { m } else { 0.0 }).collect();
@@ -50,12 +48,26 @@ pub fn select_blocks(masses: &[f32], tau: f32, budget: BlockBudget, query_block:
     let key = |j: usize| (masses[j].to_bits() & !mask) | (mask - j as u32);
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&j| std::cmp::Reverse(key(j)));
-    let cum = scan_rounds(order.iter().map(|&j| masses[j]).collect());
-    let target = tau * cum.last().copied().unwrap_or(0.0);
-    // Counted, as in the kernel: the scan's sums need not rise at the last bit.
-    let mut k = (cum.iter().filter(|&&c| c < target).count() + 1).min(n);
+    // The mass of the top `c` ranks (it only grows with `c`).
+    let top = |c: usize| {
+        let mut member = vec![0.0f32; n];
+        for &j in &order[..c] {
+            member[j] = masses[j];
+        }
+        lane_sum(&member)
+    };
+    let target = tau * lane_sum(&masses);
+    // The fewest ranks reaching the target, by bisection over the count.
+    let (mut lo, mut hi) = (0, n);
+    if top(n) < target {
+        lo = n;
+    }
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if top(mid) >= target { hi = mid } else { lo = mid + 1 }
+    }
     // `k_max` wins over `k_min`, as in the kernel.
-    k = k.max(budget.k_min).min(budget.k_max);
+    let mut k = lo.max(1).min(n).max(budget.k_min).min(budget.k_max);
     if query_block < budget.sinks {
         k = n;
     }
@@ -66,19 +78,24 @@ pub fn select_blocks(masses: &[f32], tau: f32, budget: BlockBudget, query_block:
     (0..n).filter(|&j| keep[j] || j < budget.sinks).map(|j| j as u32).collect()
 }
 
-/// Inclusive prefix sums in the order the selection kernel adds: rounds `s = 1, 2, 4, ...`,
-/// each `c[r] += c[r - s]` for `r >= s` on the previous round's values (a round with `s` past
-/// the length changes nothing, so the kernel's padding to a power of two does not show).
-pub(crate) fn scan_rounds(mut c: Vec<f32>) -> Vec<f32> {
-    let mut s = 1;
-    while s < c.len() {
-        let prev = c.clone();
-        for r in s..c.len() {
-            c[r] = prev[r] + prev[r - s];
+/// The selection kernel's sum of one row's values (zeros for blocks outside a set): 32 lanes,
+/// lane `l` adding blocks `l * c .. (l + 1) * c` (`c` = [`blocks_per_lane`]) in order from 0, then
+/// five butterfly rounds (`s_l + s_(l ^ w)`, `w` = 16, 8, 4, 2, 1), every lane ending equal.
+pub(crate) fn lane_sum(values: &[f32]) -> f32 {
+    let c = blocks_per_lane(values.len());
+    let mut lanes = [0.0f32; 32];
+    for (l, s) in lanes.iter_mut().enumerate() {
+        for &x in values.iter().skip(l * c).take(c) {
+            *s += x;
         }
-        s *= 2;
     }
-    c
+    for w in [16, 8, 4, 2, 1] {
+        let prev = lanes;
+        for (l, s) in lanes.iter_mut().enumerate() {
+            *s = prev[l] + prev[l ^ w];
+        }
+    }
+    lanes[0]
 }
 
 /// `samples` positions (sequence indices) per block of `blocks`, block after block: distinct

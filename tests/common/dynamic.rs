@@ -141,8 +141,32 @@ pub fn rank_key(masses: &[f32], j: usize) -> u32 {
     ((masses[j].to_bits() >> low_bits) << low_bits) | (mask - j as u32)
 }
 
-/// The spec's selection on one row of masses (f32, ranked by [`rank_key`], summed in the scan
-/// order the contract fixes).
+/// The contract's f32 sum of a row's values (zeros outside a set): 32 lanes, lane `l` adding
+/// values `l * c ..= l * c + c - 1` (`c = ceil(n / 32)`) in order from 0, then butterfly rounds
+/// pairing lanes `l` and `l ^ w` for `w` = 16, 8, 4, 2, 1.
+pub fn lane_tree_sum(values: &[f32]) -> f32 {
+    let c = values.len().div_ceil(32).max(1);
+    let mut lanes: Vec<f32> = (0..32)
+        .map(|l| {
+            let mut s = 0.0f32;
+            for i in 0..c {
+                if let Some(&x) = values.get(l * c + i) {
+                    s += x;
+                }
+            }
+            s
+        })
+        .collect();
+    let mut w = 16;
+    while w > 0 {
+        lanes = (0..32).map(|l| lanes[l] + lanes[l ^ w]).collect();
+        w /= 2;
+    }
+    lanes[0]
+}
+
+/// The spec's selection on one row of masses (f32, ranked by [`rank_key`], set masses summed as
+/// the contract fixes by [`lane_tree_sum`]).
 pub fn brute_select(masses: &[f32], tau: f32, k_min: usize, k_max: usize, sinks: usize, qb: usize) -> Vec<usize> {
     let n = masses.len();
     let masses: Vec<f32> = masses.iter().map(|&m| if m > 0.0 { m } else { 0.0 }).collect();
@@ -156,17 +180,13 @@ pub fn brute_select(masses: &[f32], tau: f32, k_min: usize, k_max: usize, sinks:
             j -= 1;
         }
     }
-    // Running sums in the contract's order: the rounds of an inclusive scan (round `s` adds to
-    // each rank the previous round's sum `s` ranks earlier).
-    let mut cum: Vec<f32> = ranked.iter().map(|&j| masses[j]).collect();
-    let mut s = 1;
-    while s < n {
-        cum = (0..n).map(|r| if r >= s { cum[r] + cum[r - s] } else { cum[r] }).collect();
-        s *= 2;
-    }
-    let target = tau * cum[n - 1];
-    // k: one more than the ranks still below the target (counted, as the contract fixes).
-    let k = (cum.iter().filter(|&&c| c < target).count() + 1).min(n);
+    let top = |c: usize| -> f32 {
+        let member: Vec<f32> = (0..n).map(|j| if ranked[..c].contains(&j) { masses[j] } else { 0.0 }).collect();
+        lane_tree_sum(&member)
+    };
+    let target = tau * lane_tree_sum(&masses);
+    // k: the fewest top ranks reaching the target (every rank where none does), at least 1.
+    let k = (0..=n).find(|&c| top(c) >= target).unwrap_or(n).clamp(1, n);
     let k = if qb < sinks { n } else { k.max(k_min).min(k_max) };
     (0..n).filter(|&j| ranked[..k].contains(&j) || j < sinks).collect()
 }

@@ -6,10 +6,13 @@ use cubecl::server::Handle;
 
 use crate::array_arg as arr;
 
-use super::select::block_select;
+use super::select::{LANES, block_select};
 
-/// Units per cube.
-const UNITS: usize = 256;
+/// Rows (planes of 32 lanes) per cube where the runtime has planes of 32.
+const PLANE_ROWS: usize = 8;
+
+/// Most key blocks a lane holds in registers (one compiled kernel per count).
+const MAX_PER_LANE: usize = 64;
 
 /// One selection launch over `bh` batch-heads.
 #[derive(Debug, Clone, Copy)]
@@ -39,10 +42,9 @@ pub struct SelectOutput {
     pub indices: Handle,
 }
 
-/// Shared-memory slots for the masses of one row (the bitonic sort's length): a power of two, a
-/// multiple of the units; one compiled kernel per size.
-fn capacity(nkb: usize) -> usize {
-    nkb.max(UNITS).next_power_of_two()
+/// Key blocks per lane: `nkb / 32` rounded up (the sums' grouping, see [`block_select`]).
+pub fn blocks_per_lane(nkb: usize) -> usize {
+    nkb.div_ceil(LANES).max(1)
 }
 
 /// The low bits of a rank key that hold the key block's index (see [`block_select`]):
@@ -51,10 +53,9 @@ pub fn index_mask(nkb: usize) -> u32 {
     (2 * nkb.next_power_of_two() - 1) as u32
 }
 
-/// Whether one row of `nkb` key blocks fits the device's shared memory.
-pub fn select_fits<R: Runtime>(client: &ComputeClient<R>, nkb: usize) -> bool {
-    let bytes = 5 * capacity(nkb) * 4 + UNITS * 4;
-    bytes <= client.properties().hardware.max_shared_memory_size
+/// Whether one row of `nkb` key blocks fits the lanes' registers (at most 2,048 key blocks).
+pub fn select_fits<R: Runtime>(_client: &ComputeClient<R>, nkb: usize) -> bool {
+    blocks_per_lane(nkb) <= MAX_PER_LANE
 }
 
 /// Launches [`block_select`] on contiguous f32 `masses [bh, nqb, nkb]`. The caller checked
@@ -69,10 +70,13 @@ pub fn launch_select<R: Runtime, I: Int + CubeElement>(
         counts: client.empty(rows * size_of::<I>()),
         indices: client.empty(rows * job.nkb * size_of::<I>()),
     };
+    let planes = select_planes(client);
+    // Without planes a cube is one row, its butterflies through shared memory.
+    let per_cube = if planes { PLANE_ROWS } else { 1 };
     block_select::launch::<I, R>(
         client,
-        CubeCount::Static(job.nqb as u32, job.bh as u32, 1),
-        CubeDim::new_1d(UNITS as u32),
+        CubeCount::Static(job.nqb.div_ceil(per_cube) as u32, job.bh as u32, 1),
+        CubeDim::new_2d(LANES as u32, per_cube as u32),
         arr(&masses, rows * job.nkb),
         arr(&out.counts, rows),
         arr(&out.indices, rows * job.nkb),
@@ -83,16 +87,14 @@ pub fn launch_select<R: Runtime, I: Int + CubeElement>(
         job.k_min as u32,
         job.k_max as u32,
         job.sinks as u32,
-        UNITS,
-        capacity(job.nkb),
-        select_planes(client),
+        blocks_per_lane(job.nkb),
+        planes,
     );
     out
 }
 
-/// Whether the kernel's scans go through plane sums and, where the cube holds two slots a unit
-/// (`cap = 2 * UNITS`, 257 to 512 key blocks), the sort's rounds within 64 slots through plane
-/// shuffles: plane operations and planes of 32.
+/// Whether a row runs as one plane of a cube of several (its butterflies by plane shuffles):
+/// plane operations and planes of exactly 32.
 fn select_planes<R: Runtime>(client: &ComputeClient<R>) -> bool {
     let hw = &client.properties().hardware;
     client.features().plane.contains(Plane::Ops) && hw.plane_size_min == 32 && hw.plane_size_max == 32

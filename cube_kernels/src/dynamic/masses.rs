@@ -36,13 +36,18 @@ pub fn row_lse(lse: &Array<f32>, out: &mut Array<f32>, rows: u32, m: u32, chunks
     }
 }
 
-/// Chunk `CUBE_POS_Z`'s columns of `masses [bh, nqb, nkb]` (f32): cube `(qb, bh, t)`, unit
-/// `j < per_chunk` writes key block `t * per_chunk + j` (when below `nkb`): the sum over the
-/// query block's `samples` rows `a` of `w_a * rows[bh, t, qb * samples + a, j]`, `w_a =
-/// exp(lse[bh, t, qb * samples + a] - lse_row[bh, qb * samples + a])`. A row whose chunk keys
-/// are all masked (`w_a = 0`) adds nothing, whatever its output. `rows [bh, chunks, nqb *
-/// samples, width]` in the engine's dtype (`per_chunk <= width` columns used), `lse [bh,
-/// chunks, nqb * samples]`, `lse_row [bh, nqb * samples]` (f32).
+/// Query blocks per cube of [`chunk_masses`].
+const MASS_QUERY_BLOCKS: usize = 4;
+
+/// Chunk `CUBE_POS_Z`'s columns of `masses [bh, nqb, nkb]` (f32): cube `(qb / 4, bh, t)` of
+/// `(width, 4)` units; unit `(j, y)` takes query block `qb = CUBE_POS_X * 4 + y` and, for `j <
+/// per_chunk`, writes key block `t * per_chunk + j` (when below `nkb`): the sum over the query
+/// block's `samples` rows `a` of `w_a * rows[bh, t, qb * samples + a, j]`, `w_a = exp(lse[bh, t,
+/// qb * samples + a] - lse_row[bh, qb * samples + a])`. A row whose chunk keys are all masked
+/// (`w_a = 0`) adds nothing, whatever its output. `rows [bh, chunks, nqb * samples, width]` in
+/// the engine's dtype (`per_chunk <= width` columns used), `lse [bh, chunks, nqb * samples]`,
+/// `lse_row [bh, nqb * samples]` (f32). Each unit computes its rows' weights itself, so every
+/// load is issued before the first result is needed (no shared memory, no sync).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_masses<F: Float>(
@@ -56,31 +61,24 @@ pub fn chunk_masses<F: Float>(
     #[comptime] samples: usize,
     #[comptime] width: usize,
 ) {
-    let qb = CUBE_POS_X as usize;
+    let qb = (CUBE_POS_X * CUBE_DIM_Y + UNIT_POS_Y) as usize;
     let bh = CUBE_POS_Y as usize;
     let t = CUBE_POS_Z as usize;
     let chunks = CUBE_COUNT_Z as usize;
-    let j = UNIT_POS as usize;
+    let j = UNIT_POS_X as usize;
     let m = nqb as usize * samples;
     let a0 = qb * samples;
     let chunk_row0 = (bh * chunks + t) * m + a0;
-    // The rows' weights, once per row.
-    let mut w = SharedMemory::<f32>::new(samples);
-    let mut a = j;
-    while a < samples {
-        w[a] = f32::exp(lse[chunk_row0 + a] - lse_row[bh * m + a0 + a]);
-        a += width;
-    }
-    sync_cube();
     let col = t * per_chunk as usize + j;
-    if j < per_chunk as usize && col < nkb as usize {
+    if qb < nqb as usize && j < per_chunk as usize && col < nkb as usize {
         let mut sum = f32::new(0.0);
         #[unroll(samples <= 16)]
         for i in 0..samples {
-            let wa = w[i];
+            let wa = f32::exp(lse[chunk_row0 + i] - lse_row[bh * m + a0 + i]);
+            let x = f32::cast_from(rows[(chunk_row0 + i) * width + j]);
             // NaN (no finite row) is not 0: it carries into the mass, as documented.
             if wa != f32::new(0.0) {
-                sum += wa * f32::cast_from(rows[(chunk_row0 + i) * width + j]);
+                sum += wa * x;
             }
         }
         masses[(bh * nqb as usize + qb) * nkb as usize + col] = sum;
@@ -115,7 +113,7 @@ impl ChunkGeometry {
         (1..=65_535).contains(&nqb)
             && (1..=65_535).contains(&bh)
             && (1..=65_535).contains(&chunks)
-            && (1..=1024).contains(&width)
+            && (1..=1024 / MASS_QUERY_BLOCKS).contains(&width)
             && (1..=width).contains(&per_chunk)
             && samples >= 1
             && chunks * per_chunk >= nkb
@@ -150,8 +148,8 @@ pub fn launch_chunk_masses<R: Runtime, F: Float + CubeElement>(
     );
     chunk_masses::launch::<F, R>(
         client,
-        CubeCount::Static(nqb as u32, bh as u32, chunks as u32),
-        CubeDim::new_1d(width as u32),
+        CubeCount::Static(nqb.div_ceil(MASS_QUERY_BLOCKS) as u32, bh as u32, chunks as u32),
+        CubeDim::new_2d(width as u32, MASS_QUERY_BLOCKS as u32),
         array_arg(rows, bh * chunks * m * width),
         array_arg(lse, bh * chunks * m),
         array_arg(&lse_row, bh * m),

@@ -6,6 +6,6 @@ mod launch;
 mod masses;
 mod select;
 
-pub use launch::{SelectJob, SelectOutput, index_mask, launch_select, select_fits};
+pub use launch::{SelectJob, SelectOutput, blocks_per_lane, index_mask, launch_select, select_fits};
 pub use masses::{ChunkGeometry, chunk_masses, launch_chunk_masses, row_lse};
 pub use select::block_select;
