@@ -36,10 +36,13 @@ impl BlockBudget {
 /// an f32 (0 where NaN or not positive) and `mask = 2P - 1` for `P` = the block count rounded up
 /// to a power of two: key blocks are ranked by key, descending, that is by mass with its low
 /// bits cleared (masses within about `2^(log2(P) - 22)` of each other, relatively, count as
-/// equal), the lower index first where those agree. The mass of a set of key blocks is the fixed
-/// f32 sum [`lane_sum`]; `k` = the fewest top ranks whose mass reaches `tau` times the mass of
-/// every block (at least 1; every block if none does), clamped to `[k_min, k_max]`; the first `k`
-/// ranks are kept, and every key block `< sinks`. A query block `< sinks` keeps every key block.
+/// equal), the lower index first where those agree. The mass of a set of key blocks is the
+/// selection kernel's fixed f32 sum: 32 lanes, lane `l` adding the members among blocks `l * c ..
+/// (l + 1) * c` (`c = ceil(n / 32)`) in order from 0, then five butterfly rounds pairing lanes `l`
+/// and `l ^ w` (`w` = 16, 8, 4, 2, 1). `k` = the fewest top ranks whose mass reaches `tau` times
+/// the mass of every block (at least 1; every block if none does), clamped to `[k_min, k_max]`;
+/// the first `k` ranks are kept, and every key block `< sinks`. A query block `< sinks` keeps
+/// every key block.
 pub fn select_blocks(masses: &[f32], tau: f32, budget: BlockBudget, query_block: usize) -> Vec<u32> {
     // NaN, -0 and below count as 0, as in the kernel.
     let masses: Vec<f32> = masses.iter().map(|&m| if m > 0.0 { m } else { 0.0 }).collect();
