@@ -31,7 +31,7 @@ use clap::Parser;
 use dit_attention::combined::{CombinedAttentionConfig, HeadChoice, KvMergeConfig};
 use dit_attention::dynamic::{DynamicSparseAttentionConfig, ThresholdSchedule, Thresholds};
 use dit_attention::{AttentionOptions, CallPosition, Canvas, MergeAmount, TextSpec};
-use timing::{Res, stream_ms, time_ms};
+use timing::{Res, stream_ms, time_ms, time_ms_on};
 
 #[derive(Parser)]
 struct Args {
@@ -166,19 +166,11 @@ fn main() -> Res<()> {
                 // The same estimate on the unfused backend (no fusion queue between the host and
                 // the kernels): how much of a synchronised estimate is burn's fusion layer.
                 let (qu, ku, vu) = (unfused(&q), unfused(&k), unfused(&v));
-                let unfused_sync =
-                    || <Unfused as burn::tensor::backend::Backend>::sync(&device).map_err(|e| format!("{e:?}"));
-                module.select(&qu, &ku, &vu, None, None)?;
-                unfused_sync()?;
-                let mut times = vec![];
-                for _ in 0..args.runs {
-                    let t0 = std::time::Instant::now();
+                let unfused_ms = time_ms_on::<Unfused>(&device, args.runs, &|| {
                     module.select(&qu, &ku, &vu, None, None)?;
-                    unfused_sync()?;
-                    times.push(t0.elapsed().as_secs_f64() * 1e3);
-                }
-                times.sort_by(f64::total_cmp);
-                println!("{name} {inputs} last step: estimate on the unfused backend {:.3} ms", times[times.len() / 2]);
+                    Ok(())
+                })?;
+                println!("{name} {inputs} last step: estimate on the unfused backend {unfused_ms:.3} ms");
                 // Its kernels one by one: run this mode under scripts/cupti (a GPU timeline).
                 continue;
             }

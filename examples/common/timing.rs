@@ -19,7 +19,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Milliseconds of `f`: the median of `runs` calls, each followed by a device sync, after one
 /// synchronised warm-up call.
 pub fn time_ms(device: &CudaDevice, runs: usize, f: &dyn Fn() -> Res<()>) -> Res<f64> {
-    let sync = || Cuda::<f32, i32>::sync(device).map_err(|e| format!("{e:?}"));
+    time_ms_on::<Cuda<f32, i32>>(device, runs, f)
+}
+
+/// [`time_ms`] with the sync of backend `S` (another backend on the same CUDA device).
+pub fn time_ms_on<S: Backend<Device = CudaDevice>>(
+    device: &CudaDevice,
+    runs: usize,
+    f: &dyn Fn() -> Res<()>,
+) -> Res<f64> {
+    let sync = || S::sync(device).map_err(|e| format!("{e:?}"));
     f()?;
     sync()?;
     let mut times = Vec::with_capacity(runs);

@@ -23,8 +23,7 @@ pub(super) fn select<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     masses: Tensor<Cube<R, F, I, BT>, 3>,
     job: &SelectJob,
 ) -> BlockSelection<Cube<R, F, I, BT>> {
-    let client = R::client(&masses.device());
-    let fits = select_fits(&client, job.nkb) && job.nqb <= 65_535 && job.bh <= 65_535;
+    let fits = select_fits(job.nkb) && job.nqb <= 65_535 && job.bh <= 65_535;
     if !fits || job.nkb == 0 {
         return select_reference(masses, job);
     }

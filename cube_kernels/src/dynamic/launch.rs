@@ -54,7 +54,7 @@ pub fn index_mask(nkb: usize) -> u32 {
 }
 
 /// Whether one row of `nkb` key blocks fits the lanes' registers (at most 2,048 key blocks).
-pub fn select_fits<R: Runtime>(_client: &ComputeClient<R>, nkb: usize) -> bool {
+pub fn select_fits(nkb: usize) -> bool {
     blocks_per_lane(nkb) <= MAX_PER_LANE
 }
 
