@@ -425,6 +425,49 @@ macro_rules! gpu_dynamic_suite {
                 }
             }
 
+            /// The spec's block size (64) and a model's head size, in half precision where the
+            /// runtime has it (the MMA forward's whole 64-key tiles on CUDA), f32 otherwise: an
+            /// odd block count, a ragged text block, adjacent query blocks keeping different key
+            /// blocks; within the precision's error of the brute force.
+            #[test]
+            fn spec_block_size_in_half_precision() {
+                let case = DynamicCase {
+                    canvas: Canvas::new(3, 8, 8).unwrap(),
+                    text: TextSpec::before(70),
+                    block: 64,
+                    samples: 8,
+                    sinks: 0,
+                    thresholds: Thresholds { tau: 0.5, min_ratio: 0.2, max_ratio: 0.8 },
+                    seed: 5,
+                    batch: 1,
+                    heads: 2,
+                    dims: (64, 64),
+                    bias: None,
+                    sharpness: 1.0,
+                    data_seed: 21,
+                };
+                let halves: Vec<DType> = $half;
+                let dtypes: Vec<Option<DType>> =
+                    if halves.is_empty() { vec![None] } else { halves.into_iter().map(Some).collect() };
+                for dtype in dtypes {
+                    let module = case.config().init().unwrap();
+                    let nb = module.blocks().len();
+                    assert_eq!(nb % 2, 1, "{nb} blocks");
+                    let x = case.inputs::<Fused>(&gpu_of::<Fused>());
+                    let cast = |t: Tensor<Fused, 4>| match dtype {
+                        Some(d) => t.cast(d),
+                        None => t,
+                    };
+                    let (q, k, v) = (cast(x.q), cast(x.k), cast(x.v));
+                    let (_, sel) = module.select(&q, &k, &v, None, None).unwrap();
+                    let sel = sel.expect("a sparse call");
+                    let kept = kept_rows(&ints(sel.counts), &ints(sel.indices), nb);
+                    let differ = kept.chunks(nb).any(|head| head.chunks(2).any(|p| p.len() == 2 && p[0] != p[1]));
+                    assert!(differ, "adjacent query blocks keep the same blocks: {kept:?}");
+                    check::<Fused>(&case, dtype, if dtype.is_some() { 3e-2 } else { 2e-4 }).unwrap();
+                }
+            }
+
             /// More key blocks than a cube has units (strided loops and several sort slots per unit
             /// in the selection kernel), text before the video, and `Autodiff` key gradients
             /// against the f64 reference backend over the same kept blocks.
