@@ -318,12 +318,13 @@ macro_rules! gpu_dynamic_suite {
 
             /// The module on `B` (inputs cast to `dtype`): every mass written and close to the
             /// brute force's, the kept blocks exactly the rule replayed on those masses, the
-            /// padding past each count, and the output of attention over the kept blocks.
+            /// padding past each count, and the output of attention over the kept blocks. Returns
+            /// the kept blocks per row.
             fn check<B: SparseAttentionBackend>(
                 case: &DynamicCase,
                 dtype: Option<DType>,
                 tol: f64,
-            ) -> Result<(), TestCaseError> {
+            ) -> Result<Vec<Vec<usize>>, TestCaseError> {
                 let module = case.config().init().unwrap();
                 let x = case.inputs::<B>(&gpu_of::<B>());
                 let cast = |t: Tensor<B, 4>| match dtype {
@@ -355,7 +356,7 @@ macro_rules! gpu_dynamic_suite {
                 let (got, got_lse) = (values(out.output), values(out.lse));
                 prop_assert!(rel_err(&got, &want) < tol, "output error {}", rel_err(&got, &want));
                 prop_assert!(rel_err(&got_lse, &want_lse) < tol, "lse error {}", rel_err(&got_lse, &want_lse));
-                Ok(())
+                Ok(kept)
             }
 
             /// Random cases with one block cut and head size: every new shape compiles kernels
@@ -421,7 +422,7 @@ macro_rules! gpu_dynamic_suite {
                 let halves: Vec<DType> = $half;
                 let mut runner = proptest::test_runner::TestRunner::new(cases(4));
                 for dtype in halves {
-                    runner.run(&gpu_case(), |case| check::<Fused>(&case, Some(dtype), 3e-2)).unwrap();
+                    runner.run(&gpu_case(), |case| check::<Fused>(&case, Some(dtype), 3e-2).map(|_| ())).unwrap();
                 }
             }
 
@@ -449,22 +450,12 @@ macro_rules! gpu_dynamic_suite {
                 let halves: Vec<DType> = $half;
                 let dtypes: Vec<Option<DType>> =
                     if halves.is_empty() { vec![None] } else { halves.into_iter().map(Some).collect() };
+                let nb = case.block_ranges().len();
+                assert_eq!(nb % 2, 1, "{nb} blocks");
                 for dtype in dtypes {
-                    let module = case.config().init().unwrap();
-                    let nb = module.blocks().len();
-                    assert_eq!(nb % 2, 1, "{nb} blocks");
-                    let x = case.inputs::<Fused>(&gpu_of::<Fused>());
-                    let cast = |t: Tensor<Fused, 4>| match dtype {
-                        Some(d) => t.cast(d),
-                        None => t,
-                    };
-                    let (q, k, v) = (cast(x.q), cast(x.k), cast(x.v));
-                    let (_, sel) = module.select(&q, &k, &v, None, None).unwrap();
-                    let sel = sel.expect("a sparse call");
-                    let kept = kept_rows(&ints(sel.counts), &ints(sel.indices), nb);
+                    let kept = check::<Fused>(&case, dtype, if dtype.is_some() { 3e-2 } else { 2e-4 }).unwrap();
                     let differ = kept.chunks(nb).any(|head| head.chunks(2).any(|p| p.len() == 2 && p[0] != p[1]));
                     assert!(differ, "adjacent query blocks keep the same blocks: {kept:?}");
-                    check::<Fused>(&case, dtype, if dtype.is_some() { 3e-2 } else { 2e-4 }).unwrap();
                 }
             }
 
