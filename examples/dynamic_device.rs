@@ -7,7 +7,12 @@
 //!   canvas coordinates plus noise: nearby tokens attend to each other, as in video DiTs);
 //! - per input kind, the spec's thresholds at the first step (`tau` 0.98, ratios [0.12, 1.0]) and
 //!   at the last (0.90, [0.10, 0.8]): the whole call, the estimate and selection alone, the
-//!   attention over the kept blocks alone, and the achieved density;
+//!   attention over the kept blocks alone, and the achieved density; the selection's rows (kept
+//!   blocks a row, the share adjacent query blocks have in common) and the attention over a band
+//!   with every row keeping the mean count, and (first step) over every block listed: the
+//!   list-driven kernel against dense on the same pairs. These `forward_selected` timings include
+//!   its check of a foreign selection (device work and one value read back); the kernels alone:
+//!   run under `scripts/cupti` and `python3 scripts/cupti/kernels.py TRACE block_sparse --order`;
 //! - the target of the issue: call <= 1.15 x (density x dense) + estimate, estimate <= 10%;
 //! - Combined attention past its warm-up on the same inputs (pattern or dynamic per head), alone
 //!   and with token merging of the dynamic heads' keys and values stacked on top (`--merge`, a
@@ -30,6 +35,7 @@ use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use clap::Parser;
 use dit_attention::combined::{CombinedAttentionConfig, HeadChoice, KvMergeConfig};
 use dit_attention::dynamic::{DynamicSparseAttentionConfig, ThresholdSchedule, Thresholds};
+use dit_attention::glue::BlockSelection;
 use dit_attention::{AttentionOptions, CallPosition, Canvas, MergeAmount, TextSpec};
 use timing::{Res, stream_ms, time_ms, time_ms_on};
 
@@ -102,6 +108,44 @@ type Unfused = burn_cubecl::CubeBackend<dit_attention_kernels::cubecl::cuda::Cud
 /// `x` on [`Unfused`] (same device, same dtype).
 fn unfused(x: &Tensor<B, 4>) -> Tensor<Unfused, 4> {
     Tensor::from_data(x.to_data(), &x.device())
+}
+
+/// A selection's rows (kept blocks per row: min, mean, max; the share of their kept blocks that
+/// adjacent query blocks have in common) and a banded selection with every row keeping the mean
+/// count (the blocks nearest its own; `count` instead where given, at most every block) with its
+/// density: attention on it shows what the rows' uneven counts cost.
+fn uniform_band(selection: &BlockSelection<B>, count: Option<usize>) -> Res<(String, BlockSelection<B>, f64)> {
+    let counts: Vec<i64> = selection.counts.to_data().iter::<i64>().collect();
+    let indices: Vec<i64> = selection.indices.to_data().iter::<i64>().collect();
+    let rows = counts.len();
+    let nkb = indices.len() / rows;
+    let row = |r: usize| &indices[r * nkb..r * nkb + counts[r] as usize];
+    let min = counts.iter().min().copied().unwrap_or(0);
+    let max = counts.iter().max().copied().unwrap_or(0);
+    let mean = counts.iter().sum::<i64>() as f64 / rows as f64;
+    let (mut shared, mut listed) = (0usize, 0usize);
+    for r in (0..rows).filter(|r| r % nkb % 2 == 0 && r % nkb + 1 < nkb) {
+        let next: std::collections::HashSet<i64> = row(r + 1).iter().copied().collect();
+        shared += row(r).iter().filter(|x| next.contains(x)).count();
+        listed += row(r).len() + row(r + 1).len();
+    }
+    let k = count.unwrap_or(mean.round() as usize).clamp(1, nkb);
+    let mut band = Vec::with_capacity(rows * nkb);
+    for r in 0..rows {
+        let lo = (r % nkb).saturating_sub(k / 2).min(nkb - k);
+        band.extend((0..nkb).map(|i| if i < k { (lo + i) as i32 } else { nkb as i32 }));
+    }
+    let device = selection.counts.device();
+    let uniform = BlockSelection {
+        masses: selection.masses.clone(),
+        counts: Tensor::from_data(TensorData::new(vec![k as i32; rows], [rows]), &device),
+        indices: Tensor::from_data(TensorData::new(band, [rows, nkb]), &device),
+    };
+    let note = format!(
+        "kept blocks a row min {min} mean {mean:.1} max {max}; adjacent query blocks share {:.2} of theirs",
+        2.0 * shared as f64 / listed.max(1) as f64
+    );
+    Ok((note, uniform, k as f64 / nkb as f64))
 }
 
 fn main() -> Res<()> {
@@ -218,6 +262,24 @@ fn main() -> Res<()> {
                     module.forward_selected(q.clone(), k.clone(), v.clone(), None, &selection)?;
                     Ok(())
                 })?;
+                if step == "first step" {
+                    // Every block listed: the list-driven kernel against dense on the same pairs.
+                    let all = uniform_band(&selection, Some(usize::MAX))?.1;
+                    let all_ms = time(&|| {
+                        module.forward_selected(q.clone(), k.clone(), v.clone(), None, &all)?;
+                        Ok(())
+                    })?;
+                    println!("  every block listed: attention {all_ms:.3} ms ({:.2} of dense)", dense_ms / all_ms);
+                }
+                let (rows_note, band, band_density) = uniform_band(&selection, None)?;
+                let band_ms = time(&|| {
+                    module.forward_selected(q.clone(), k.clone(), v.clone(), None, &band)?;
+                    Ok(())
+                })?;
+                println!(
+                    "  rows: {rows_note}; every row the mean count (a band, density {band_density:.3}): attention {band_ms:.3} ms ({:.2} of dense per pair)",
+                    band_density * dense_ms / band_ms
+                );
                 let out = module.forward_at(q.clone(), k.clone(), v.clone(), None, None)?;
                 let density = out.density();
                 let budget = 1.15 * density * dense_ms + estimate_ms;

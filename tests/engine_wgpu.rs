@@ -80,7 +80,9 @@ mod checked_matmul {
     fn dims() -> impl Strategy<Value = [usize; 5]> {
         // k around and at multiples of the tile (the stage counts burn's double-buffered matmul got wrong).
         let k = prop_oneof![1usize..=40, Just(8), Just(16), Just(48)];
-        (1usize..=2, 1usize..=3, 1usize..=37, 1usize..=37, k).prop_map(|(b, h, m, n, k)| [b, h, m, n, k])
+        // Rows and columns past one output tile (32 x 128) and ragged within it.
+        let n = prop_oneof![1usize..=37, 120usize..=300];
+        (1usize..=2, 1usize..=3, 1usize..=70, n, k).prop_map(|(b, h, m, n, k)| [b, h, m, n, k])
     }
 
     proptest! {

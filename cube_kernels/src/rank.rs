@@ -17,6 +17,16 @@ pub fn order_key(x: f32) -> u32 {
     key
 }
 
+/// The f32 whose [`order_key`] is `key`.
+#[cube]
+pub fn key_value(key: u32) -> f32 {
+    let mut bits = key & 0x7FFF_FFFFu32;
+    if key < 0x8000_0000u32 {
+        bits = 0xFFFF_FFFFu32 - key;
+    }
+    f32::reinterpret(bits)
+}
+
 /// The key of the `r`-th largest of `values[base..base + len]` (the largest `t` with at least
 /// `r` keys `>= t`; `u32::MAX` when `r` is 0). Every unit of the cube must call it.
 #[cube]

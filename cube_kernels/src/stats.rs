@@ -5,52 +5,76 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use crate::array_arg;
-use crate::merge::scan::cube_sum;
-use crate::rank::{order_key, rth_largest_key};
+use crate::merge::launch::{plan_planes, plan_shape};
+use crate::merge::scan::cube_scan;
+use crate::rank::{key_value, order_key, rth_largest_cached, rth_largest_key};
 
 /// Units per cube (and the most frames [`cross_frame_energy`] takes).
 pub const UNITS: usize = 256;
 
 /// Sum of the `m` largest of row `CUBE_POS_X` of `x [rows, n]` (f32, contiguous) into
-/// `out[row]`: the `m`-th largest found exactly ([`rth_largest_key`]), then the values above it
-/// plus as many copies of it as the count needs (ties counted once each).
+/// `out[row]`: the `m`-th largest found exactly ([`rth_largest_cached`] over the `cached` keys
+/// each unit holds in registers where they cover the row, else [`rth_largest_key`] from global
+/// memory), then the values above it plus as many copies of it as the count needs (ties counted
+/// once each); `planes`: the counts' cube sums go through plane sums.
 #[cube(launch)]
-pub fn top_sum_rows(x: &Array<f32>, out: &mut Array<f32>, n: u32, m: u32, #[comptime] units: usize) {
+pub fn top_sum_rows(
+    x: &Array<f32>,
+    out: &mut Array<f32>,
+    n: u32,
+    m: u32,
+    #[comptime] units: usize,
+    #[comptime] cached: usize,
+    #[comptime] planes: bool,
+) {
     let row = CUBE_POS_X as usize;
     let u = UNIT_POS as usize;
     let len = n as usize;
     let base = row * len;
     let mut buf = SharedMemory::<u32>::new(units);
     let mut sums = SharedMemory::<f32>::new(units);
-    let key = rth_largest_key(x, base, len, m, &mut buf);
+    // Keys past the row are 0: never counted (the bisection asks for keys >= 1).
+    let mut keys = Array::<u32>::new(comptime![cached.max(1)]);
+    #[unroll]
+    for i in 0..cached {
+        let s = i * units + u;
+        let mut k = 0u32;
+        if s < len {
+            k = order_key(x[base + s]);
+        }
+        keys[i] = k;
+    }
+    let key = if comptime![cached > 0] {
+        rth_largest_cached(&keys, m, &mut buf, cached, planes)
+    } else {
+        rth_largest_key(x, base, len, m, &mut buf)
+    };
+    // Each unit's values above the threshold, in row order (the same sum either way).
     let mut above = 0u32;
     let mut sum = 0.0f32;
-    let mut at = 0.0f32;
-    let mut s = u;
-    while s < len {
-        let v = x[base + s];
-        let k = order_key(v);
-        if k > key {
-            above += 1;
-            sum += v;
+    if comptime![cached > 0] {
+        #[unroll]
+        for i in 0..cached {
+            if keys[i] > key {
+                above += 1;
+                sum += key_value(keys[i]);
+            }
         }
-        if k == key {
-            at = v;
+    } else {
+        let mut s = u;
+        while s < len {
+            let v = x[base + s];
+            if order_key(v) > key {
+                above += 1;
+                sum += v;
+            }
+            s += units;
         }
-        s += units;
     }
-    let ties = m - cube_sum(above, &mut buf);
-    // The value at the threshold, from any unit that holds it; then the row's sum.
-    sums[u] = f32::new(0.0);
-    sync_cube();
-    if order_key(at) == key {
-        sums[0] = at;
-    }
-    sync_cube();
-    let value = sums[0];
+    let ties = m - cube_scan(above, &mut buf, planes).total;
     let total = cube_sum_f32(sum, &mut sums);
     if u == 0 {
-        out[row] = total + f32::cast_from(ties) * value;
+        out[row] = total + f32::cast_from(ties) * key_value(key);
     }
 }
 
@@ -58,15 +82,18 @@ pub fn top_sum_rows(x: &Array<f32>, out: &mut Array<f32>, n: u32, m: u32, #[comp
 /// `rows <= 65,535` (checked by the caller). Returns `[rows]` f32 sums.
 pub fn launch_top_sum<R: Runtime>(client: &ComputeClient<R>, x: Handle, rows: usize, n: usize, m: usize) -> Handle {
     let out = client.empty(rows * size_of::<f32>());
+    let (units, cached) = plan_shape(client, n);
     top_sum_rows::launch::<R>(
         client,
         CubeCount::Static(rows as u32, 1, 1),
-        CubeDim::new_1d(UNITS as u32),
+        CubeDim::new_1d(units as u32),
         array_arg(&x, rows * n),
         array_arg(&out, rows),
         n as u32,
         m as u32,
-        UNITS,
+        units,
+        cached,
+        plan_planes(client, units),
     );
     out
 }

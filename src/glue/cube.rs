@@ -539,8 +539,15 @@ fn checked_matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElemen
     let Some(elem) = elem.filter(|_| [b0, h, k] == [b1, h1, k1] && matmul_fits(b0 * h, m)) else {
         return a.matmul(b);
     };
-    let (a, b): (CubeTensor<R>, CubeTensor<R>) = (into_contiguous(unwrap(a)), into_contiguous(unwrap(b)));
-    let handle = launch_batched_matmul(&a.client, elem, a.handle.clone(), b.handle.clone(), [b0 * h, m, n, k]);
+    let a: CubeTensor<R> = into_contiguous(unwrap(a));
+    // `b` as `swap_dims(2, 3)` of a contiguous `[.., n, k]` (keys, as attention holds them): read
+    // in place by the transposed kernel instead of copied.
+    let b: CubeTensor<R> = unwrap(b);
+    let st = b.meta.strides();
+    let transposed = st.len() == 4 && [st[0], st[1], st[2], st[3]] == [h * n * k, n * k, 1, k];
+    let b = if transposed { b } else { into_contiguous(b) };
+    let handle =
+        launch_batched_matmul(&a.client, elem, a.handle.clone(), b.handle.clone(), transposed, [b0 * h, m, n, k]);
     let out =
         CubeTensor::new_contiguous(a.client.clone(), a.device.clone(), Shape::from([b0, h, m, n]), handle, a.dtype);
     wrap(out)

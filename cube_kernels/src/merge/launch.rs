@@ -95,11 +95,12 @@ pub struct MatchOutput {
     pub members: Handle,
 }
 
-/// Units per cube of the plan kernel for rows of `sources`, and how many keys each unit caches
+/// Units per cube of the plan kernel (and of the top sums, [`crate::stats::top_sum_rows`]) for
+/// rows of `sources`, and how many keys each unit caches
 /// in registers (a power of two; 0: none, the bisection reads them from global memory): [`PLAN_UNITS`]
 /// when that many units cache the row, else up to [`PLAN_UNITS_LONG`] (the largest power of two
 /// the device allows).
-fn plan_shape<R: Runtime>(client: &ComputeClient<R>, sources: usize) -> (usize, usize) {
+pub(crate) fn plan_shape<R: Runtime>(client: &ComputeClient<R>, sources: usize) -> (usize, usize) {
     let max = client.properties().hardware.max_units_per_cube as usize;
     let fit = |cap: usize| {
         let mut units = cap;
@@ -123,7 +124,7 @@ fn max_shared<R: Runtime>(client: &ComputeClient<R>) -> usize {
 
 /// Whether the plan kernel's scans of `units` units can go through plane sums: plane operations,
 /// one plane size, and whole planes.
-fn plan_planes<R: Runtime>(client: &ComputeClient<R>, units: usize) -> bool {
+pub(crate) fn plan_planes<R: Runtime>(client: &ComputeClient<R>, units: usize) -> bool {
     let hw = &client.properties().hardware;
     client.features().plane.contains(Plane::Ops)
         && hw.plane_size_min == hw.plane_size_max

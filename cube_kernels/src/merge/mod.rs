@@ -6,7 +6,7 @@
 //! runtime, lavapipe included. No float atomics: the results are deterministic.
 
 mod gather;
-mod launch;
+pub(crate) mod launch;
 mod matching;
 mod metric;
 pub(crate) mod scan;
