@@ -38,6 +38,8 @@ struct Args {
 }
 
 type B = Autodiff<Cuda<f32, i32>>;
+/// A variant's forward, as the timing loop calls it.
+type Attend<'a> = Box<dyn Fn() -> Res<Tensor<B, 4>> + 'a>;
 const TILE: [usize; 3] = [6, 8, 8];
 const HEADS: usize = 24;
 const D: usize = 128;
@@ -59,7 +61,7 @@ fn main() -> Res<()> {
         let (q, k, v, g) = (rand().require_grad(), rand().require_grad(), rand().require_grad(), rand());
         for window in variants {
             let text = TextSpec::after(TEXT);
-            let (name, pairs, attend): (String, u64, Box<dyn Fn() -> Res<Tensor<B, 4>>>) = match window {
+            let (name, pairs, attend): (String, u64, Attend) = match window {
                 Some(w) => {
                     let module = SlidingTileAttentionConfig::new(canvas, TILE, vec![w]).with_text(text).init()?;
                     let pairs = match module.block_map() {

@@ -187,6 +187,15 @@ fn keeping_everything_is_dense() {
     }
     let good = capped.forward_selected(q.clone(), k.clone(), v.clone(), None, &sel).unwrap();
     assert!(good.output.dims() == [b, h, n, 5]);
+    // Unchecked, on the module's own (valid) selection: the same numbers; shapes still checked.
+    // SAFETY: `sel` is this module's selection for these batch-heads.
+    let unchecked = unsafe { capped.forward_selected_unchecked(q.clone(), k.clone(), v.clone(), None, &sel) }.unwrap();
+    assert!(rel_err(&values(unchecked.output), &values(good.output.clone())) == 0.0);
+    assert!(rel_err(&values(unchecked.lse), &values(good.lse.clone())) == 0.0);
+    let (q1, k1, v1) = (q.clone().narrow(0, 0, 1), k.clone().narrow(0, 0, 1), v.clone().narrow(0, 0, 1));
+    // SAFETY: the lists are valid; only their shape (two batches' rows, one batch given) is wrong.
+    let err = unsafe { capped.forward_selected_unchecked(q1, k1, v1, None, &sel) }.unwrap_err().to_string();
+    assert!(err.contains("block selection for 1 x 2"), "{err}");
     // Lists in another int dtype than the device's default are checked and used alike.
     let narrow = dit_attention::glue::BlockSelection {
         counts: sel.counts.clone().cast(burn::tensor::DType::I32),

@@ -41,3 +41,9 @@ gpu_dynamic_suite!(
 );
 
 gpu_combined_test!(burn::backend::Cuda<f32, i32>, 1e-2);
+
+gpu_matmul_test!(
+    burn::backend::Cuda<f32, i32>,
+    CubeBackend<CudaRuntime, f32, i32, u8>,
+    [DType::F16, DType::BF16].into_iter().filter(|&t| supported(t)).collect()
+);

@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod dynamic;
 pub mod matmul;
+pub mod matmul_tensor_core;
 pub mod merge;
 pub mod rank;
 pub mod stats;

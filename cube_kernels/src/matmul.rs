@@ -7,11 +7,13 @@
 //! double-buffered unit matmul that adds a stage read past the end of `k` when the stage count is
 //! odd (tracel-ai/burn#5626), which made gradients on wgpu wrong for some shapes.
 
+use cubecl::ir::features::MmaConfig;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use crate::array_arg;
 use crate::attention::KernelElem;
+use crate::matmul_tensor_core::{batched_matmul_tensor_core, tensor_core_grid};
 
 /// Output rows a cube computes.
 pub const TILE_M: usize = 32;
@@ -133,9 +135,28 @@ pub fn matmul_fits(batch: usize, m: usize) -> bool {
     batch <= 65_535 && m.div_ceil(TILE_M) <= 65_535
 }
 
-/// Launches [`batched_matmul`] on contiguous `a [batch, m, k]` and `b [batch, k, n]` (or
-/// `b [batch, n, k]` with `b_transposed`) of `elem`; returns `out [batch, m, n]` of `elem`. The
-/// caller checked [`matmul_fits`].
+/// The switch that opts into the tensor-core matmul: `DIT_ATTENTION_MATMUL_TENSOR_CORES=1`.
+pub const TENSOR_CORE_SWITCH: &str = "DIT_ATTENTION_MATMUL_TENSOR_CORES";
+
+/// Whether `elem`'s products run on tensor cores: the runtime reports cmma 16 x 16 x 16 for it
+/// with f32 accumulation (f16 / bf16) and planes of exactly 32 (the kernel maps a plane to a row
+/// of its cube), and [`TENSOR_CORE_SWITCH`] is `1`. Opt-in until the
+/// kernel has passed the CUDA tests on a GPU (`engine_cuda checked_matmul combined` with the
+/// switch set): it was written in a session without GPU time.
+pub fn matmul_on_tensor_cores<R: Runtime>(client: &ComputeClient<R>, elem: KernelElem) -> bool {
+    let (ab, cd) = (elem.storage_type(), KernelElem::F32.storage_type());
+    let cmma = MmaConfig { a_type: ab, b_type: ab, cd_type: cd, m: 16, n: 16, k: 16 };
+    let hw = &client.properties().hardware;
+    std::env::var(TENSOR_CORE_SWITCH).is_ok_and(|v| v == "1")
+        && elem != KernelElem::F32
+        && client.features().matmul.cmma.contains(&cmma)
+        && (hw.plane_size_min, hw.plane_size_max) == (32, 32)
+}
+
+/// Launches [`batched_matmul`] (or, where [`matmul_on_tensor_cores`], its tensor-core twin) on
+/// contiguous `a [batch, m, k]` and `b [batch, k, n]` (or `b [batch, n, k]` with
+/// `b_transposed`) of `elem`; returns `out [batch, m, n]` of `elem`. The caller checked
+/// [`matmul_fits`].
 pub fn launch_batched_matmul<R: Runtime>(
     client: &ComputeClient<R>,
     elem: KernelElem,
@@ -148,18 +169,30 @@ pub fn launch_batched_matmul<R: Runtime>(
     if batch * m * n == 0 {
         return out;
     }
+    let args = (array_arg(&a, batch * m * k), array_arg(&b, batch * k * n), array_arg(&out, batch * m * n));
+    let (mu, nu, ku) = (m as u32, n as u32, k as u32);
+    let t = b_transposed;
+    if matmul_on_tensor_cores(client, elem) {
+        let (count, dim) = tensor_core_grid(batch, m, n);
+        match elem {
+            KernelElem::F16 => batched_matmul_tensor_core::launch::<half::f16, R>(
+                client, count, dim, args.0, args.1, args.2, mu, nu, ku, t,
+            ),
+            _ => batched_matmul_tensor_core::launch::<half::bf16, R>(
+                client, count, dim, args.0, args.1, args.2, mu, nu, ku, t,
+            ),
+        }
+        return out;
+    }
     let count = CubeCount::Static(n.div_ceil(TILE_N) as u32, m.div_ceil(TILE_M) as u32, batch as u32);
     let dim = CubeDim::new_2d(UNITS_X as u32, UNITS_Y as u32);
-    let args = (array_arg(&a, batch * m * k), array_arg(&b, batch * k * n), array_arg(&out, batch * m * n));
-    let (m, n, k) = (m as u32, n as u32, k as u32);
-    let t = b_transposed;
     match elem {
-        KernelElem::F32 => batched_matmul::launch::<f32, R>(client, count, dim, args.0, args.1, args.2, m, n, k, t),
+        KernelElem::F32 => batched_matmul::launch::<f32, R>(client, count, dim, args.0, args.1, args.2, mu, nu, ku, t),
         KernelElem::F16 => {
-            batched_matmul::launch::<half::f16, R>(client, count, dim, args.0, args.1, args.2, m, n, k, t)
+            batched_matmul::launch::<half::f16, R>(client, count, dim, args.0, args.1, args.2, mu, nu, ku, t)
         }
         KernelElem::BF16 => {
-            batched_matmul::launch::<half::bf16, R>(client, count, dim, args.0, args.1, args.2, m, n, k, t)
+            batched_matmul::launch::<half::bf16, R>(client, count, dim, args.0, args.1, args.2, mu, nu, ku, t)
         }
     }
     out

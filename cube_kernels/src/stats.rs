@@ -11,6 +11,8 @@ use crate::rank::{key_value, order_key, rth_largest_cached, rth_largest_key};
 
 /// Units per cube (and the most frames [`cross_frame_energy`] takes).
 pub const UNITS: usize = 256;
+/// Frames [`frame_row_stats`] reduces at once (16 KB of shared memory at 256 units).
+const FRAME_GROUP: usize = 8;
 
 /// Sum of the `m` largest of row `CUBE_POS_X` of `x [rows, n]` (f32, contiguous) into
 /// `out[row]`: the `m`-th largest found exactly ([`rth_largest_cached`] over the `cached` keys
@@ -198,25 +200,56 @@ pub fn frame_row_stats<F: Float>(
     }
     let text = cube_sum_f32(part, &mut buf);
     let mut z = text;
-    for i in 0..t {
-        let start = base + video_start as usize + i * hw;
-        let mut sum = 0.0f32;
-        let mut sq = 0.0f32;
-        let mut s = u;
-        while s < hw {
-            let e = f32::exp(f32::cast_from(x[start + s]) - top);
-            sum += e;
-            sq += e * e;
-            s += units;
+    // Frames a group at a time: each unit's partial sums of every frame of the group go to
+    // shared memory and one tree reduces them all (two reductions a frame cost ~9 barriers each).
+    let mut sums = SharedMemory::<f32>::new(2 * FRAME_GROUP * units);
+    let mut g0 = 0usize;
+    while g0 < t {
+        #[unroll]
+        for gi in 0..FRAME_GROUP {
+            let i = g0 + gi;
+            let mut sum = 0.0f32;
+            let mut sq = 0.0f32;
+            if i < t {
+                let start = base + video_start as usize + i * hw;
+                let mut s = u;
+                while s < hw {
+                    let e = f32::exp(f32::cast_from(x[start + s]) - top);
+                    sum += e;
+                    sq += e * e;
+                    s += units;
+                }
+            }
+            sums[(2 * gi) * units + u] = sum;
+            sums[(2 * gi + 1) * units + u] = sq;
         }
-        let sum = cube_sum_f32(sum, &mut buf);
-        let sq = cube_sum_f32(sq, &mut buf);
-        z += sum;
-        if u == 0 {
-            // Raw sums for now; normalised below once Z is known.
-            out[row * width + i] = sum;
-            out[row * width + t + 1 + i] = sq;
+        sync_cube();
+        let mut half = CUBE_DIM as usize / 2;
+        while half > 0 {
+            if u < half {
+                #[unroll]
+                for v in 0..2 * FRAME_GROUP {
+                    sums[v * units + u] += sums[v * units + u + half];
+                }
+            }
+            sync_cube();
+            half /= 2;
         }
+        #[unroll]
+        for gi in 0..FRAME_GROUP {
+            let i = g0 + gi;
+            if i < t {
+                z += sums[(2 * gi) * units];
+                if u == 0 {
+                    // Raw sums for now; normalised below once Z is known.
+                    out[row * width + i] = sums[(2 * gi) * units];
+                    out[row * width + t + 1 + i] = sums[(2 * gi + 1) * units];
+                }
+            }
+        }
+        // Everyone has read the totals before the next group overwrites them.
+        sync_cube();
+        g0 += FRAME_GROUP;
     }
     if u == 0 {
         // z >= 1 (the maximum's own term). w = (sqrt(sq) / z / kept)^2, one factor at a time:

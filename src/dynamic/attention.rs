@@ -284,11 +284,49 @@ impl DynamicSparseAttention {
         bias: Option<Tensor<B, 3>>,
         selection: &BlockSelection<B>,
     ) -> crate::Result<AttentionOutput<B>> {
-        check_qkv(&q, &k, &v, bias.as_ref())?;
+        self.check_selected(&q, &k, &v, bias.as_ref(), selection)?;
+        check_selection(selection, self.prepared.blocks.len())?;
+        Ok(self.attend(q, k, v, bias, selection))
+    }
+
+    /// [`forward_selected`](Self::forward_selected) without the check of the selection's
+    /// contents (the shapes are still checked): no device work and no value read back before the
+    /// attention, for a selection known to be valid, such as one [`select`](Self::select) made
+    /// for this module and the same batch-heads, reused across steps.
+    ///
+    /// # Safety
+    /// Every row of `selection` must list at most `nkb` key blocks (its count in `0..=nkb`),
+    /// strictly ascending and below `nkb` (the module's blocks): the kernels index K and V with
+    /// them unchecked, so other lists read out of bounds on the GPU.
+    ///
+    /// # Shapes
+    /// As [`forward_selected`](Self::forward_selected).
+    pub unsafe fn forward_selected_unchecked<B: SparseAttentionBackend>(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        bias: Option<Tensor<B, 3>>,
+        selection: &BlockSelection<B>,
+    ) -> crate::Result<AttentionOutput<B>> {
+        self.check_selected(&q, &k, &v, bias.as_ref(), selection)?;
+        Ok(self.attend(q, k, v, bias, selection))
+    }
+
+    /// The inputs of [`forward_selected`](Self::forward_selected) and the selection's shapes.
+    fn check_selected<B: SparseAttentionBackend>(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        v: &Tensor<B, 4>,
+        bias: Option<&Tensor<B, 3>>,
+        selection: &BlockSelection<B>,
+    ) -> crate::Result<()> {
+        check_qkv(q, k, v, bias)?;
         let p = &self.prepared;
         p.layout.check_seq_len(q.dims()[2])?;
         p.layout.check_seq_len(k.dims()[2])?;
-        check_backend(&q, &k, &v, &p.shape)?;
+        check_backend(q, k, v, &p.shape)?;
         let [b, h, _, _] = q.dims();
         let nb = p.blocks.len();
         let rows = selection.indices.dims();
@@ -299,8 +337,7 @@ impl DynamicSparseAttention {
                 got: vec![selection.counts.dims()[0], rows[0], rows[1]],
             });
         }
-        check_selection(selection, nb)?;
-        Ok(self.attend(q, k, v, bias, selection))
+        Ok(())
     }
 
     /// [`forward_selected`](Self::forward_selected) on checked inputs and a selection this

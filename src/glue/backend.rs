@@ -358,6 +358,7 @@ pub(crate) fn unwrap<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor
 
 /// Whether the engine's chunked rows and LSE have the shapes of `g` (checked before a kernel or
 /// a fused op takes them).
+#[cfg(feature = "cube")]
 pub(crate) fn chunk_shapes_match<B: Backend>(rows: &Tensor<B, 4>, lse: &Tensor<B, 3>, g: &ChunkGeometry) -> bool {
     rows.dims() == [g.bh, g.chunks, g.rows(), g.width] && lse.dims() == [g.bh, g.chunks, g.rows()]
 }

@@ -291,6 +291,8 @@ macro_rules! gpu_combined_test {
                 ([4, 5, 7], TextSpec::none(), false, 4),
                 ([2, 17, 17], TextSpec::after(3), false, 5),
                 ([3, 4, 5], TextSpec::before(2), true, 6),
+                // Past one group of frames the row-statistics kernel reduces at once (8).
+                ([11, 3, 4], TextSpec::before(4), false, 7),
             ] {
                 let g = Geo { canvas: Canvas::new(frames, h, w).unwrap(), text, d: 8, dv: 4 };
                 let n = g.n();

@@ -6,6 +6,7 @@ pub mod backward;
 pub mod combined;
 pub mod dynamic;
 pub mod engine;
+pub mod matmul;
 pub mod merge;
 pub mod smart;
 pub mod strategies;
