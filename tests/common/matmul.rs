@@ -6,8 +6,8 @@ use burn::tensor::{DType, Tensor, TensorData};
 use dit_attention::SparseAttentionBackend;
 use proptest::prelude::*;
 
-use super::SeedRng;
 use super::merge::fopts;
+use super::{SeedRng, values};
 
 /// The product of row-major `a [z, m, k]` and `b [z, k, n]` in f64.
 pub fn product(a: &[f64], b: &[f64], [z, m, n, k]: [usize; 4]) -> Vec<f64> {
@@ -20,10 +20,6 @@ pub fn product(a: &[f64], b: &[f64], [z, m, n, k]: [usize; 4]) -> Vec<f64> {
         }
     }
     out
-}
-
-fn values<B: SparseAttentionBackend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data().convert::<f64>().to_vec().unwrap()
 }
 
 /// Unit roundoff of the output's type (the products accumulate in f32 everywhere).
