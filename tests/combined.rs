@@ -425,7 +425,8 @@ fn kv_merging_keeping_everything_is_token_merging() {
     assert_eq!(out.merge.map(|p| p.merged_len()), Some(n - 9));
 }
 
-/// Warm-up steps run dense attention.
+/// Warm-up steps run dense attention and take no statistics; past them `statistics_at` returns
+/// the statistics the call decided from.
 #[test]
 fn warmup_is_dense() {
     let g = Geo { canvas: Canvas::new(3, 2, 2).unwrap(), text: TextSpec::before(2), d: 4, dv: 3 };
@@ -442,7 +443,12 @@ fn warmup_is_dense() {
         if warm {
             assert!(rel_err(&values(out.output), &dense) < 1e-12 && out.density == vec![1.0; 2]);
         }
+        let alone = module.statistics_at(&t(&q, 4), &t(&k, 4), Some(CallPosition::new(0, step))).unwrap();
+        assert_eq!(alone, out.stats, "step {step}");
     }
+    // Keys of another head count than the queries: an error naming both shapes.
+    let err = module.statistics_at(&t(&q, 4), &tensor4(&k[..n * 4], [1, 1, n, 4]), None).unwrap_err().to_string();
+    assert!(err.contains("[1, 2, ") && err.contains("[1, 1, "), "{err}");
 }
 
 /// The `Combined` variant: serde round trip, same output as the module, no bias.

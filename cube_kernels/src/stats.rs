@@ -46,23 +46,16 @@ pub fn top_sum_rows(
         }
         keys[i] = k;
     }
-    let key = if comptime![cached > 0] {
-        rth_largest_cached(&keys, m, &mut buf, cached, planes)
-    } else {
-        rth_largest_key(x, base, len, m, &mut buf)
-    };
-    // Each unit's values above the threshold, in row order (the same sum either way).
-    let mut above = 0u32;
-    let mut sum = 0.0f32;
     if comptime![cached > 0] {
-        #[unroll]
-        for i in 0..cached {
-            if keys[i] > key {
-                above += 1;
-                sum += key_value(keys[i]);
-            }
+        let total = top_sum_cached(&keys, m, &mut buf, &mut sums, cached, planes);
+        if u == 0 {
+            out[row] = total;
         }
     } else {
+        let key = rth_largest_key(x, base, len, m, &mut buf);
+        // Each unit's values above the threshold, in row order.
+        let mut above = 0u32;
+        let mut sum = 0.0f32;
         let mut s = u;
         while s < len {
             let v = x[base + s];
@@ -72,11 +65,88 @@ pub fn top_sum_rows(
             }
             s += units;
         }
+        let ties = m - cube_scan(above, &mut buf, planes).total;
+        let total = cube_sum_f32(sum, &mut sums);
+        if u == 0 {
+            out[row] = total + f32::cast_from(ties) * key_value(key);
+        }
     }
-    let ties = m - cube_scan(above, &mut buf, planes).total;
-    let total = cube_sum_f32(sum, &mut sums);
+}
+
+/// Sum of the `m` largest of the values whose [`order_key`]s the units hold in `keys` (`cached`
+/// a unit, 0 past the row): the `m`-th largest found exactly, then the values above it plus as
+/// many copies of it as the count needs (ties counted once each). Every unit gets the sum.
+#[cube]
+fn top_sum_cached(
+    keys: &Array<u32>,
+    m: u32,
+    buf: &mut SharedMemory<u32>,
+    sums: &mut SharedMemory<f32>,
+    #[comptime] cached: usize,
+    #[comptime] planes: bool,
+) -> f32 {
+    let key = rth_largest_cached(keys, m, buf, cached, planes);
+    let mut above = 0u32;
+    let mut sum = 0.0f32;
+    #[unroll]
+    for i in 0..cached {
+        if keys[i] > key {
+            above += 1;
+            sum += key_value(keys[i]);
+        }
+    }
+    let ties = m - cube_scan(above, buf, planes).total;
+    cube_sum_f32(sum, sums) + f32::cast_from(ties) * key_value(key)
+}
+
+/// [`top_sum_rows`] over the probabilities of frame 0's sampled rows of Combined's scores
+/// `x [P, t * samples, n]`, from [`frame_row_stats`]' maximum and sum of each row
+/// (`stats [P, t * samples, width]`): cube `c` takes row `(c / samples) * rows_per_head +
+/// c % samples`, its probabilities `exp(x - max) / Z` (a NaN one counts as 0), and writes the
+/// sum of their `m` largest to `out[c]`. No probability tensor; the row is held in registers
+/// (`cached > 0`).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn top_mass_rows<F: Float>(
+    x: &Array<F>,
+    stats: &Array<f32>,
+    out: &mut Array<f32>,
+    n: u32,
+    m: u32,
+    samples: u32,
+    rows_per_head: u32,
+    width: u32,
+    #[comptime] units: usize,
+    #[comptime] cached: usize,
+    #[comptime] planes: bool,
+) {
+    let c = CUBE_POS_X as usize;
+    let u = UNIT_POS as usize;
+    let len = n as usize;
+    let s_count = samples as usize;
+    let row = (c / s_count) * rows_per_head as usize + c % s_count;
+    let base = row * len;
+    let at = row * width as usize + width as usize;
+    let (top, inv) = (stats[at - 2], 1.0f32 / stats[at - 1]);
+    let mut buf = SharedMemory::<u32>::new(units);
+    let mut sums = SharedMemory::<f32>::new(units);
+    let mut keys = Array::<u32>::new(cached);
+    #[unroll]
+    for i in 0..cached {
+        let s = i * units + u;
+        let mut k = 0u32;
+        if s < len {
+            let mut p = f32::exp(f32::cast_from(x[base + s]) - top) * inv;
+            if p.is_nan() {
+                p = 0.0;
+            }
+            k = order_key(p);
+        }
+        keys[i] = k;
+    }
+    let total = top_sum_cached(&keys, m, &mut buf, &mut sums, cached, planes);
     if u == 0 {
-        out[row] = total + f32::cast_from(ties) * key_value(key);
+        out[c] = total;
     }
 }
 
@@ -98,6 +168,47 @@ pub fn launch_top_sum<R: Runtime>(client: &ComputeClient<R>, x: Handle, rows: us
         plan_planes(client, units),
     );
     out
+}
+
+/// Launches [`top_mass_rows`] over the first `samples` rows of each of `heads` heads of
+/// `rows_per_head` rows of `geometry.n` scores (`x`, element `F`), with [`frame_row_stats`]'
+/// output `stats` of those rows; `1 <= m <= n`, `heads * samples <= 65,535` (checked by the
+/// caller). Returns `[heads * samples]` f32 sums, or `None` where a cube's registers cannot hold
+/// a row (the caller then takes the softmax and [`launch_top_sum`]).
+#[allow(clippy::too_many_arguments)]
+pub fn launch_top_mass<R: Runtime, F: Float + CubeElement>(
+    client: &ComputeClient<R>,
+    [x, stats]: [&Handle; 2],
+    heads: usize,
+    samples: usize,
+    rows_per_head: usize,
+    geometry: FrameRows,
+    m: usize,
+) -> Option<Handle> {
+    let (n, width) = (geometry.n, geometry.width());
+    let (units, cached) = plan_shape(client, n);
+    if cached == 0 {
+        return None;
+    }
+    let (cubes, rows) = (heads * samples, heads * rows_per_head);
+    let out = client.empty(cubes * size_of::<f32>());
+    top_mass_rows::launch::<F, R>(
+        client,
+        CubeCount::Static(cubes as u32, 1, 1),
+        CubeDim::new_1d(units as u32),
+        array_arg(x, rows * n),
+        array_arg(stats, rows * width),
+        array_arg(&out, cubes),
+        n as u32,
+        m as u32,
+        samples as u32,
+        rows_per_head as u32,
+        width as u32,
+        units,
+        cached,
+        plan_planes(client, units),
+    );
+    Some(out)
 }
 
 /// Where the frames and the text lie in a row of `n` scores (sequence positions).

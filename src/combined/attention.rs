@@ -175,6 +175,32 @@ impl CombinedAttention {
         position.is_some_and(|p| p.step < self.config.warmup_steps)
     }
 
+    /// The head statistics a call at `position` decides from, without the attention: per head
+    /// the frame-to-frame mass map, the top mass of frame 0's sampled rows and the cross-frame
+    /// similarity (`None` in the warm-up, which takes no statistics). No gradient.
+    ///
+    /// # Shapes
+    /// - q, k `[b, h, n, d]`, `n` = canvas tokens + text tokens, natural order
+    pub fn statistics_at<B: SparseAttentionBackend>(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        position: Option<CallPosition>,
+    ) -> crate::Result<Option<PatternStats>> {
+        // The keys stand in for the values: only q and k are read.
+        check_qkv(q, k, k, None)?;
+        self.geometry.layout.check_seq_len(q.dims()[2])?;
+        self.geometry.layout.check_seq_len(k.dims()[2])?;
+        if self.is_warmup(position) {
+            return Ok(None);
+        }
+        let [b, h, n, d] = q.dims();
+        let flat = |x: &Tensor<B, 4>| x.clone().reshape([1, b * h, n, d]);
+        let scale = AttentionOptions { scale: self.config.scale }.scale_for(d);
+        let spatial = self.sampled_spatial(position);
+        Ok(Some(self.geometry.stats(&flat(q), &flat(k), &spatial, scale, self.config.top_fraction)))
+    }
+
     /// The choice for a head's statistics: pattern iff not sparse and similar across frames. A
     /// single frame has no other frame to share with: dynamic.
     pub fn choose(&self, stats: &PatternStats, head: usize) -> HeadChoice {

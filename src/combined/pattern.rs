@@ -137,19 +137,22 @@ impl PatternGeometry {
             text_start: self.text_start(),
             text_len: self.text().len,
         };
-        let (mass, frame0, gram) = match B::frame_statistics(scores.clone(), s, &rows) {
-            // Kernels: per-row masses and norms, then the cross-frame energy, without a
-            // probability tensor; the softmax of frame 0's rows alone for the top mass.
-            Some((row_stats, gram)) => {
-                let mass = row_stats.narrow(2, 0, t + 1).reshape([p, t, s, t + 1]).mean_dim(2).reshape([p, t, t + 1]);
-                let frame0 = burn::tensor::activation::softmax(scores.narrow(1, 0, s).cast(DType::F32), 2);
-                (mass, frame0.reshape([p * s, n]), gram)
+        let (mass, top_mass, gram) = match B::frame_statistics(scores.clone(), s, &rows, top) {
+            // Kernels: per-row masses, norms, maxima and sums, then from them the top mass of
+            // frame 0's rows and the cross-frame energy, without a probability tensor.
+            Some(kernels) => {
+                let mass =
+                    kernels.rows.narrow(2, 0, t + 1).reshape([p, t, s, t + 1]).mean_dim(2).reshape([p, t, t + 1]);
+                (mass, kernels.top_mass, kernels.energy)
             }
-            None => self.stats_composite(scores, s),
+            None => {
+                let (mass, frame0, gram) = self.stats_composite(scores, s);
+                // A NaN probability (non-finite scores) counts as 0 on every backend.
+                let frame0 = frame0.clone().mask_fill(frame0.is_nan(), 0.0);
+                (mass, B::top_sum(frame0, top), gram)
+            }
         };
-        // A NaN probability (non-finite scores) counts as 0 on every backend.
-        let frame0 = frame0.clone().mask_fill(frame0.is_nan(), 0.0);
-        let top_mass = B::top_sum(frame0, top).reshape([p, s]).mean_dim(1);
+        let top_mass = top_mass.reshape([p, s]).mean_dim(1);
         let dtype = mass.dtype();
         let values = to_f64_vec(Tensor::cat(
             vec![mass.reshape([p * t * (t + 1)]), top_mass.reshape([p]).cast(dtype), gram.reshape([p]).cast(dtype)],

@@ -13,7 +13,7 @@ use burn::tensor::{DType, Tensor, backend::Backend, ops::FloatTensor};
 use dit_attention_kernels::dynamic::{ChunkGeometry, SelectJob};
 use dit_attention_kernels::stats::FrameRows;
 
-use super::backend::{BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend};
+use super::backend::{BlockSelection, FrameStatistics, GradInputs, MergeIndices, SparseAttentionBackend};
 use crate::error::Result;
 use crate::merge::MergeLayout;
 use crate::plan::KernelPlan;
@@ -170,9 +170,14 @@ impl<B: SparseAttentionBackend, C: CheckpointStrategy> SparseAttentionBackend fo
         scores: Tensor<Self, 3>,
         samples: usize,
         rows: &FrameRows,
-    ) -> Option<(Tensor<Self, 3>, Tensor<Self, 1>)> {
-        let (stats, energy) = B::frame_statistics(scores.inner(), samples, rows)?;
-        Some((Tensor::from_inner(stats), Tensor::from_inner(energy)))
+        top: usize,
+    ) -> Option<FrameStatistics<Self>> {
+        let s = B::frame_statistics(scores.inner(), samples, rows, top)?;
+        Some(FrameStatistics {
+            rows: Tensor::from_inner(s.rows),
+            energy: Tensor::from_inner(s.energy),
+            top_mass: Tensor::from_inner(s.top_mass),
+        })
     }
 
     fn merge_kernels_apply(device: &Self::Device, layout: &MergeLayout, groups: usize, dtype: DType) -> bool {

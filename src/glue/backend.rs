@@ -124,17 +124,16 @@ pub trait SparseAttentionBackend: Backend {
 
     /// Combined attention's statistics of the sampled rows' scores `[P, t * samples, n]` (query
     /// frame after query frame, `samples` rows each), where
-    /// [`frame_statistics_apply`](Self::frame_statistics_apply) (`None` elsewhere): per row the frame masses, the
-    /// text mass, the squared norms, maximum and sum of `dit_attention_kernels::stats::frame_row_stats`
-    /// (`[P, t * samples, 2t + 3]` f32), and per head the cross-frame energy `sum_i |sum_j x_ij|^2`
-    /// (`[P]` f32; see [`crate::combined`]). No gradient.
-    #[allow(clippy::type_complexity)]
+    /// [`frame_statistics_apply`](Self::frame_statistics_apply) (`None` elsewhere); see
+    /// [`FrameStatistics`]. `top`: how many of a row's largest probabilities the top mass sums
+    /// (`1 <= top <= n`). No gradient.
     fn frame_statistics(
         scores: Tensor<Self, 3>,
         samples: usize,
         rows: &FrameRows,
-    ) -> Option<(Tensor<Self, 3>, Tensor<Self, 1>)> {
-        let _ = (scores, samples, rows);
+        top: usize,
+    ) -> Option<FrameStatistics<Self>> {
+        let _ = (scores, samples, rows, top);
         None
     }
 
@@ -282,6 +281,18 @@ pub struct BlockSelection<B: Backend> {
     pub counts: Tensor<B, 1, Int>,
     /// `[bh * nqb, nkb]`: the kept key blocks, ascending, padded with `nkb`.
     pub indices: Tensor<B, 2, Int>,
+}
+
+/// Combined attention's statistics from [`SparseAttentionBackend::frame_statistics`], all f32.
+#[derive(Debug, Clone)]
+pub struct FrameStatistics<B: Backend> {
+    /// `[P, t * samples, 2t + 3]`: per sampled row its frame masses, text mass, squared norms,
+    /// maximum and sum, as `dit_attention_kernels::stats::frame_row_stats` writes them.
+    pub rows: Tensor<B, 3>,
+    /// `[P]`: per head the cross-frame energy `sum_i |sum_j x_ij|^2` (see [`crate::combined`]).
+    pub energy: Tensor<B, 1>,
+    /// `[P * samples]`: per sampled row of frame 0 the sum of its `top` largest probabilities.
+    pub top_mass: Tensor<B, 1>,
 }
 
 /// Key-block lists of an attention call, one row per (batch-head, query block).

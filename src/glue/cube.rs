@@ -13,8 +13,8 @@ use dit_attention_kernels::matmul::{launch_batched_matmul, matmul_fits};
 use dit_attention_kernels::stats::FrameRows;
 
 use super::backend::{
-    BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend, reference_backward,
-    reference_forward, unwrap, wrap,
+    BackwardGrads, BlockLists, BlockSelection, FrameStatistics, GradInputs, MergeIndices, SparseAttentionBackend,
+    reference_backward, reference_forward, unwrap, wrap,
 };
 use crate::error::{DitAttentionError, Result};
 use crate::merge::MergeLayout;
@@ -158,8 +158,9 @@ where
         scores: Tensor<Self, 3>,
         samples: usize,
         rows: &FrameRows,
-    ) -> Option<(Tensor<Self, 3>, Tensor<Self, 1>)> {
-        super::cube_dynamic::frame_statistics(scores, samples, rows)
+        top: usize,
+    ) -> Option<FrameStatistics<Self>> {
+        super::cube_dynamic::frame_statistics(scores, samples, rows, top)
     }
 
     fn checked_matmul(a: Tensor<Self, 4>, b: Tensor<Self, 4>) -> Tensor<Self, 4> {

@@ -8,10 +8,12 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use dit_attention_kernels::attention::{BlockMapArrays, KernelElem, KeyBlocks};
 use dit_attention_kernels::dynamic::{ChunkGeometry, SelectJob, launch_chunk_masses, launch_select, select_fits};
 use dit_attention_kernels::stats::{
-    FrameRows, UNITS as STATS_UNITS, launch_cross_frame_energy, launch_frame_row_stats, launch_top_sum,
+    FrameRows, UNITS as STATS_UNITS, launch_cross_frame_energy, launch_frame_row_stats, launch_top_mass, launch_top_sum,
 };
 
-use super::backend::{BlockLists, BlockSelection, SparseAttentionBackend, chunk_shapes_match, unwrap, wrap};
+use super::backend::{
+    BlockLists, BlockSelection, FrameStatistics, SparseAttentionBackend, chunk_shapes_match, unwrap, wrap,
+};
 use super::cube::{kernel_elem, launch_forward};
 use crate::combined::top_sum_reference;
 use crate::dynamic::select_reference;
@@ -103,20 +105,21 @@ pub(super) fn frame_statistics_apply<R: CubeRuntime>(
         && n_rows * rows.n.max(rows.width()) < u32::MAX as usize
 }
 
-/// The two frame-statistics kernels: the per-row pass, then (from its masses and norms) the
-/// cross-frame energy per (head, sample, frame), summed per head.
-#[allow(clippy::type_complexity)]
+/// The frame-statistics kernels: the per-row pass, then from its maxima and sums the top mass
+/// of frame 0's rows, and from its masses and norms the cross-frame energy per (head, sample,
+/// frame), summed per head.
 pub(super) fn frame_statistics<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     scores: Tensor<Cube<R, F, I, BT>, 3>,
     samples: usize,
     rows: &FrameRows,
-) -> Option<(Tensor<Cube<R, F, I, BT>, 3>, Tensor<Cube<R, F, I, BT>, 1>)> {
-    let [p, r, _] = scores.dims();
+    top: usize,
+) -> Option<FrameStatistics<Cube<R, F, I, BT>>> {
+    let [p, r, n] = scores.dims();
     if !frame_statistics_apply::<R>(&scores.device(), scores.dtype(), p, samples, rows) {
         return None;
     }
     let (t, width) = (rows.frames, rows.width());
-    let x: CubeTensor<R> = into_contiguous(unwrap(scores));
+    let x: CubeTensor<R> = into_contiguous(unwrap(scores.clone()));
     let elem = kernel_elem(x.dtype)?;
     let handle = match elem {
         KernelElem::F32 => launch_frame_row_stats::<R, f32>(&x.client, &x.handle, p * r, *rows),
@@ -134,7 +137,22 @@ pub(super) fn frame_statistics<R: CubeRuntime, F: FloatElement, I: IntElement, B
         KernelElem::BF16 => launch_cross_frame_energy::<R, burn::tensor::bf16>(&x.client, parts, p, samples, *rows),
     };
     let energy = wrap::<Cube<R, F, I, BT>, 2>(f32_tensor(energy, vec![p, samples * t])).sum_dim(1).reshape([p]);
-    Some((stats, energy))
+    let top = top.clamp(1, n);
+    let top_mass = match elem {
+        KernelElem::F32 => launch_top_mass::<R, f32>(&x.client, parts, p, samples, r, *rows, top),
+        KernelElem::F16 => launch_top_mass::<R, burn::tensor::f16>(&x.client, parts, p, samples, r, *rows, top),
+        KernelElem::BF16 => launch_top_mass::<R, burn::tensor::bf16>(&x.client, parts, p, samples, r, *rows, top),
+    };
+    let top_mass = match top_mass {
+        Some(handle) => wrap::<Cube<R, F, I, BT>, 1>(f32_tensor(handle, vec![p * samples])),
+        // Rows longer than a cube's registers hold: the probabilities, then the top sums.
+        None => {
+            let frame0 = scores.narrow(1, 0, samples).reshape([p * samples, n]).cast(DType::F32);
+            let probs = burn::tensor::activation::softmax(frame0, 1);
+            top_sum(probs.clone().mask_fill(probs.is_nan(), 0.0), top)
+        }
+    };
+    Some(FrameStatistics { rows: stats, energy, top_mass })
 }
 
 /// Whether the block-mass kernels take this engine output (see

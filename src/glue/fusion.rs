@@ -15,7 +15,8 @@ use dit_attention_kernels::dynamic::{ChunkGeometry, SelectJob};
 use dit_attention_kernels::stats::FrameRows;
 
 use super::backend::{
-    BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend, chunk_shapes_match,
+    BackwardGrads, BlockLists, BlockSelection, FrameStatistics, GradInputs, MergeIndices, SparseAttentionBackend,
+    chunk_shapes_match,
 };
 use crate::error::Result;
 use crate::merge::reference::{gather_reference, match_reference, segment_sum_reference};
@@ -125,8 +126,9 @@ impl<B: FusionBackend + SparseAttentionBackend> SparseAttentionBackend for Fusio
         scores: Tensor<Self, 3>,
         samples: usize,
         rows: &FrameRows,
-    ) -> Option<(Tensor<Self, 3>, Tensor<Self, 1>)> {
-        frame_statistics::<B>(scores, samples, rows)
+        top: usize,
+    ) -> Option<FrameStatistics<Self>> {
+        frame_statistics::<B>(scores, samples, rows, top)
     }
 
     fn checked_matmul(a: Tensor<Self, 4>, b: Tensor<Self, 4>) -> Tensor<Self, 4> {
@@ -448,12 +450,12 @@ fn chunk_masses<B: FusionBackend + SparseAttentionBackend>(
     Some(Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("one output"))))
 }
 
-#[allow(clippy::type_complexity)]
 fn frame_statistics<B: FusionBackend + SparseAttentionBackend>(
     scores: Tensor<Fusion<B>, 3>,
     samples: usize,
     rows: &FrameRows,
-) -> Option<(Tensor<Fusion<B>, 3>, Tensor<Fusion<B>, 1>)> {
+    top: usize,
+) -> Option<FrameStatistics<Fusion<B>>> {
     let [p, r, _] = scores.dims();
     if !B::frame_statistics_apply(&scores.device(), scores.dtype(), p, samples, rows) {
         return None;
@@ -461,21 +463,28 @@ fn frame_statistics<B: FusionBackend + SparseAttentionBackend>(
     let geometry = *rows;
     let run: Arc<KernelFn<B>> = Arc::new(move |ins: Vec<Prim<B>>| {
         let x = float::<B>(ins.into_iter().next().expect("one input"));
-        let (stats, energy) =
-            B::frame_statistics(Tensor::from_primitive(TensorPrimitive::Float(x)), samples, &geometry)
-                .expect("frame_statistics_apply held when the op was registered");
-        vec![Prim::Float(stats.into_primitive().tensor()), Prim::Float(energy.into_primitive().tensor())]
+        let s = B::frame_statistics(Tensor::from_primitive(TensorPrimitive::Float(x)), samples, &geometry, top)
+            .expect("frame_statistics_apply held when the op was registered");
+        [s.rows.into_primitive().tensor(), s.energy.into_primitive().tensor(), s.top_mass.into_primitive().tensor()]
+            .into_iter()
+            .map(Prim::Float)
+            .collect()
     });
     let input = scores.into_primitive().tensor();
     let mut outs = register::<B>(
         "dit_attention::frame_statistics",
         vec![(Kind::Float, input)],
-        vec![(Kind::Float, vec![p, r, rows.width()], DType::F32), (Kind::Float, vec![p], DType::F32)],
+        vec![
+            (Kind::Float, vec![p, r, rows.width()], DType::F32),
+            (Kind::Float, vec![p], DType::F32),
+            (Kind::Float, vec![p * samples], DType::F32),
+        ],
         run,
-    );
-    let energy = Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("two outputs")));
-    let stats = Tensor::from_primitive(TensorPrimitive::Float(outs.pop().expect("two outputs")));
-    Some((stats, energy))
+    )
+    .into_iter();
+    let mut next = || TensorPrimitive::Float(outs.next().expect("three outputs"));
+    let rows = Tensor::from_primitive(next());
+    Some(FrameStatistics { rows, energy: Tensor::from_primitive(next()), top_mass: Tensor::from_primitive(next()) })
 }
 
 fn forward_lists<B: FusionBackend + SparseAttentionBackend>(

@@ -13,8 +13,8 @@ mod cube_dynamic;
 mod fusion;
 
 pub use backend::{
-    BackwardGrads, BlockLists, BlockSelection, GradInputs, MergeIndices, SparseAttentionBackend, reference_backward,
-    reference_forward,
+    BackwardGrads, BlockLists, BlockSelection, FrameStatistics, GradInputs, MergeIndices, SparseAttentionBackend,
+    reference_backward, reference_forward,
 };
 pub(crate) use backend::{unwrap, wrap};
 
