@@ -446,6 +446,10 @@ fn warmup_is_dense() {
         let alone = module.statistics_at(&t(&q, 4), &t(&k, 4), Some(CallPosition::new(0, step))).unwrap();
         assert_eq!(alone, out.stats, "step {step}");
     }
+    // Keys in another dtype than the queries: an error naming both.
+    let k32 = t(&k, 4).cast(burn::tensor::DType::F32);
+    let err = module.statistics_at(&t(&q, 4), &k32, None).unwrap_err().to_string();
+    assert!(err.contains("F32") && err.contains("F64"), "{err}");
     // Keys of another head count than the queries: an error naming both shapes.
     let err = module.statistics_at(&t(&q, 4), &tensor4(&k[..n * 4], [1, 1, n, 4]), None).unwrap_err().to_string();
     assert!(err.contains("[1, 2, ") && err.contains("[1, 1, "), "{err}");

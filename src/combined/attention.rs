@@ -189,6 +189,13 @@ impl CombinedAttention {
     ) -> crate::Result<Option<PatternStats>> {
         // The keys stand in for the values: only q and k are read.
         check_qkv(q, k, k, None)?;
+        if k.dtype() != q.dtype() {
+            return Err(DitAttentionError::Invalid(format!(
+                "the key dtype {:?} differs from the query dtype {:?}",
+                k.dtype(),
+                q.dtype()
+            )));
+        }
         self.geometry.layout.check_seq_len(q.dims()[2])?;
         self.geometry.layout.check_seq_len(k.dims()[2])?;
         if self.is_warmup(position) {

@@ -338,6 +338,47 @@ macro_rules! gpu_combined_test {
             }
         }
 
+        /// `statistics_at` on rows longer than a cube's registers hold at any unit count (past
+        /// 1,024 x 64 scores: the top mass from a softmax and the top-sum kernel reading memory)
+        /// against the f64 reference backend.
+        #[test]
+        fn combined_statistics_of_long_rows_match_the_cpu_reference() {
+            use burn::tensor::{Tensor, TensorData};
+            use dit_attention::combined::CombinedAttentionConfig;
+            use dit_attention::{CallPosition, Canvas, SparseAttentionBackend, TextSpec};
+
+            use $crate::common::B64;
+            use $crate::common::combined::{Geo, make_inputs};
+            use $crate::common::merge::fopts;
+
+            let canvas = [2, 180, 190];
+            let g = Geo { canvas: Canvas::from_slice(&canvas).unwrap(), text: TextSpec::after(4), d: 8, dv: 8 };
+            let n = g.n();
+            assert!(n > 1024 * 64);
+            let [q, k, _] = make_inputs(&g, &[false, true], 2.0, 8);
+            let module = CombinedAttentionConfig::new(canvas).with_text(g.text).with_pattern_samples(3).init().unwrap();
+            fn stats<B: SparseAttentionBackend>(
+                m: &dit_attention::CombinedAttention,
+                x: [&[f64]; 2],
+                n: usize,
+            ) -> dit_attention::combined::PatternStats {
+                let device: B::Device = Default::default();
+                let t = |v: &[f64]| {
+                    Tensor::<B, 4>::from_data(TensorData::new(v.to_vec(), [1, 2, n, 8]), fopts::<B>(&device))
+                };
+                m.statistics_at(&t(x[0]), &t(x[1]), Some(CallPosition::new(2, 30))).unwrap().unwrap()
+            }
+            let want = stats::<B64>(&module, [&q, &k], n);
+            let got = stats::<$fused>(&module, [&q, &k], n);
+            let tol: f64 = $tol;
+            for i in 0..2 {
+                let what = format!("head {i}: {got:?} vs {want:?}");
+                assert!((got.similarity[i] - want.similarity[i]).abs() < tol, "{what}");
+                assert!((got.top_mass[i] - want.top_mass[i]).abs() < tol, "{what}");
+                assert!($crate::common::rel_err(&got.mass[i], &want.mass[i]) < tol, "{what}");
+            }
+        }
+
         /// KV merging stacked on Combined on the kernel backend (matching, merge and attention
         /// over the padded merged keys as kernels) against the f64 reference backend. Every
         /// head dynamic and every block kept: the selection is the dynamic suite's subject.
