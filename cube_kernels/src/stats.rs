@@ -65,17 +65,34 @@ pub fn top_sum_rows(
             }
             s += units;
         }
-        let ties = m - cube_scan(above, &mut buf, planes).total;
-        let total = cube_sum_f32(sum, &mut sums);
+        let total = top_sum_total(key, above, sum, m, &mut buf, &mut sums, planes);
         if u == 0 {
-            out[row] = total + f32::cast_from(ties) * key_value(key);
+            out[row] = total;
         }
     }
 }
 
+/// The sum of the `m` largest values given the `m`-th largest's key and each unit's count and sum
+/// of the values above it: the sums plus as many copies of it as the count needs (ties counted
+/// once each). Every unit gets the sum.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn top_sum_total(
+    key: u32,
+    above: u32,
+    sum: f32,
+    m: u32,
+    buf: &mut SharedMemory<u32>,
+    sums: &mut SharedMemory<f32>,
+    #[comptime] planes: bool,
+) -> f32 {
+    let ties = m - cube_scan(above, buf, planes).total;
+    cube_sum_f32(sum, sums) + f32::cast_from(ties) * key_value(key)
+}
+
 /// Sum of the `m` largest of the values whose [`order_key`]s the units hold in `keys` (`cached`
-/// a unit, 0 past the row): the `m`-th largest found exactly, then the values above it plus as
-/// many copies of it as the count needs (ties counted once each). Every unit gets the sum.
+/// a unit, 0 past the row): the `m`-th largest found exactly, then [`top_sum_total`]. Every unit
+/// gets the sum.
 #[cube]
 fn top_sum_cached(
     keys: &Array<u32>,
@@ -95,8 +112,7 @@ fn top_sum_cached(
             sum += key_value(keys[i]);
         }
     }
-    let ties = m - cube_scan(above, buf, planes).total;
-    cube_sum_f32(sum, sums) + f32::cast_from(ties) * key_value(key)
+    top_sum_total(key, above, sum, m, buf, sums, planes)
 }
 
 /// [`top_sum_rows`] over the probabilities of frame 0's sampled rows of Combined's scores

@@ -88,6 +88,18 @@ pub fn attention_with_plan<B: SparseAttentionBackend>(
     Ok(AttentionOutput { output: wrap(out), lse: wrap(lse) })
 }
 
+/// Each named dtype equals the query's `dtype`, else an error naming both.
+pub(crate) fn check_dtypes(dtype: burn::tensor::DType, others: &[(&str, burn::tensor::DType)]) -> Result<()> {
+    for &(name, t) in others {
+        if t != dtype {
+            return Err(DitAttentionError::Invalid(format!(
+                "the {name} dtype {t:?} differs from the query dtype {dtype:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Dtypes agree, the backend's path takes them and the head dims, and the kernel's grid takes
 /// the plan's blocks for `b * h` batch-heads.
 pub(crate) fn check_backend<B: SparseAttentionBackend>(
@@ -99,13 +111,7 @@ pub(crate) fn check_backend<B: SparseAttentionBackend>(
     let [b, heads, _, d] = q.dims();
     let dv = v.dims()[3];
     let dtype = q.dtype();
-    for (name, t) in [("key", k.dtype()), ("value", v.dtype())] {
-        if t != dtype {
-            return Err(DitAttentionError::Invalid(format!(
-                "the {name} dtype {t:?} differs from the query dtype {dtype:?}"
-            )));
-        }
-    }
+    check_dtypes(dtype, &[("key", k.dtype()), ("value", v.dtype())])?;
     B::sparse_attention_support(&q.device(), dtype, d, dv)?;
     B::sparse_attention_check_plan(&q.device(), plan, b * heads)
 }

@@ -13,7 +13,7 @@ mod video;
 
 pub use block_sparse::{BlockSparseAttention, BlockSparseAttentionConfig};
 pub use dense::{DenseAttention, DenseAttentionConfig};
-pub(crate) use functional::check_backend;
 pub use functional::{attention_with_plan, block_sparse_attention, dense_attention};
+pub(crate) use functional::{check_backend, check_dtypes};
 pub use sta::{SlidingTileAttention, SlidingTileAttentionConfig, sliding_tile_attention};
 pub use video::{CallPosition, VideoAttention, VideoAttentionConfig};

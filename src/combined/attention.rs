@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::kv_merge::{KvMerge, KvMergeConfig};
 use super::pattern::{PatternGeometry, PatternStats};
-use crate::attention::{CallPosition, check_backend, dense_attention};
+use crate::attention::{CallPosition, check_backend, check_dtypes, dense_attention};
 use crate::canvas::{Canvas, TextSpec};
 use crate::dynamic::{DynamicSparseAttention, DynamicSparseAttentionConfig, ThresholdSchedule};
 use crate::error::DitAttentionError;
@@ -189,13 +189,7 @@ impl CombinedAttention {
     ) -> crate::Result<Option<PatternStats>> {
         // The keys stand in for the values: only q and k are read.
         check_qkv(q, k, k, None)?;
-        if k.dtype() != q.dtype() {
-            return Err(DitAttentionError::Invalid(format!(
-                "the key dtype {:?} differs from the query dtype {:?}",
-                k.dtype(),
-                q.dtype()
-            )));
-        }
+        check_dtypes(q.dtype(), &[("key", k.dtype())])?;
         self.geometry.layout.check_seq_len(q.dims()[2])?;
         self.geometry.layout.check_seq_len(k.dims()[2])?;
         if self.is_warmup(position) {
@@ -204,8 +198,19 @@ impl CombinedAttention {
         let [b, h, n, d] = q.dims();
         let flat = |x: &Tensor<B, 4>| x.clone().reshape([1, b * h, n, d]);
         let scale = AttentionOptions { scale: self.config.scale }.scale_for(d);
+        Ok(Some(self.stats_of_heads(&flat(q), &flat(k), position, scale)))
+    }
+
+    /// The statistics of heads `[1, P, n, d]` (checked inputs, past the warm-up).
+    fn stats_of_heads<B: SparseAttentionBackend>(
+        &self,
+        q: &Tensor<B, 4>,
+        k: &Tensor<B, 4>,
+        position: Option<CallPosition>,
+        scale: f64,
+    ) -> PatternStats {
         let spatial = self.sampled_spatial(position);
-        Ok(Some(self.geometry.stats(&flat(q), &flat(k), &spatial, scale, self.config.top_fraction)))
+        self.geometry.stats(q, k, &spatial, scale, self.config.top_fraction)
     }
 
     /// The choice for a head's statistics: pattern iff not sparse and similar across frames. A
@@ -266,8 +271,7 @@ impl CombinedAttention {
         let scale = options.scale_for(d);
         let flat = |x: Tensor<B, 4>, c: usize| x.reshape([1, b * h, n, c]);
         let (q, k, v) = (flat(q, d), flat(k, d), flat(v, dv));
-        let spatial = self.sampled_spatial(position);
-        let stats = self.geometry.stats(&q, &k, &spatial, scale, self.config.top_fraction);
+        let stats = self.stats_of_heads(&q, &k, position, scale);
         let heads: Vec<HeadChoice> = (0..b * h).map(|i| self.choose(&stats, i)).collect();
 
         let device = q.device();

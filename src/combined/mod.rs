@@ -16,4 +16,6 @@ mod pattern;
 pub use attention::{CombinedAttention, CombinedAttentionConfig, CombinedOutput, HeadChoice};
 pub use kv_merge::{DEAD_KEY_BIAS, KvMergeConfig};
 pub use pattern::PatternStats;
+#[cfg(feature = "cube")]
+pub(crate) use pattern::top_mass_of_probabilities;
 pub(crate) use pattern::top_sum_reference;

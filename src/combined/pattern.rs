@@ -49,6 +49,12 @@ impl PatternStats {
     }
 }
 
+/// The top mass of rows of probabilities `[r, n]`: the sum of each row's `top` largest, a NaN
+/// probability (from non-finite scores) counted as 0 on every backend.
+pub(crate) fn top_mass_of_probabilities<B: SparseAttentionBackend>(probs: Tensor<B, 2>, top: usize) -> Tensor<B, 1> {
+    B::top_sum(probs.clone().mask_fill(probs.is_nan(), 0.0), top)
+}
+
 /// Sum of the `m` largest values of each row of `x [r, n]` (probabilities, in `[0, 1]`), from a
 /// bisection on a threshold with burn ops (40 halvings: within `2^-39 m` of the sorted sum;
 /// burn's sort reads back to the host). The CubeCL backends run one kernel instead.
@@ -147,9 +153,7 @@ impl PatternGeometry {
             }
             None => {
                 let (mass, frame0, gram) = self.stats_composite(scores, s);
-                // A NaN probability (non-finite scores) counts as 0 on every backend.
-                let frame0 = frame0.clone().mask_fill(frame0.is_nan(), 0.0);
-                (mass, B::top_sum(frame0, top), gram)
+                (mass, top_mass_of_probabilities(frame0, top), gram)
             }
         };
         let top_mass = top_mass.reshape([p, s]).mean_dim(1);

@@ -15,7 +15,7 @@ use super::backend::{
     BlockLists, BlockSelection, FrameStatistics, SparseAttentionBackend, chunk_shapes_match, unwrap, wrap,
 };
 use super::cube::{kernel_elem, launch_forward};
-use crate::combined::top_sum_reference;
+use crate::combined::{top_mass_of_probabilities, top_sum_reference};
 use crate::dynamic::select_reference;
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
@@ -148,8 +148,7 @@ pub(super) fn frame_statistics<R: CubeRuntime, F: FloatElement, I: IntElement, B
         // Rows longer than a cube's registers hold: the probabilities, then the top sums.
         None => {
             let frame0 = scores.narrow(1, 0, samples).reshape([p * samples, n]).cast(DType::F32);
-            let probs = burn::tensor::activation::softmax(frame0, 1);
-            top_sum(probs.clone().mask_fill(probs.is_nan(), 0.0), top)
+            top_mass_of_probabilities(burn::tensor::activation::softmax(frame0, 1), top)
         }
     };
     Some(FrameStatistics { rows: stats, energy, top_mass })
