@@ -8,9 +8,10 @@ use cubecl::ir::features::{MmaConfig, Plane};
 
 use super::common::{MapConfig, MapSource, SparseMapLaunch};
 use super::mma::block_sparse_forward_mma;
+use super::mma_wide::{WIDE_ROWS, block_sparse_forward_mma_wide};
 use super::portable::block_sparse_forward_portable;
 use super::tensor_core::{TC_ROWS, TC_WARPS, block_sparse_forward_tensor_core};
-use super::tiles::{mma_warps, portable_tiles};
+use super::tiles::{mma_rows, mma_warps, portable_tiles};
 
 /// Shapes of one forward call. Tensors are contiguous `[batch * heads, len, dim]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -158,7 +159,7 @@ impl ForwardPath {
         match self {
             ForwardPath::Portable => portable_tiles(head_dim, value_dim, elem_bytes).rows_per_cube,
             ForwardPath::TensorCore => TC_ROWS,
-            ForwardPath::Mma => 16 * mma_warps(max_block),
+            ForwardPath::Mma => mma_rows() * mma_warps(max_block),
         }
     }
 
@@ -267,6 +268,15 @@ pub fn forward<R: Runtime, F: Float + CubeElement>(
             p.value_dim,
             has_bias,
             config
+        ),
+        ForwardPath::Mma if mma_rows() == WIDE_ROWS => launch_with!(
+            unchecked block_sparse_forward_mma_wide,
+            CubeDim::new_2d(32, (rows_per_cube / WIDE_ROWS) as u32),
+            p.head_dim,
+            p.value_dim,
+            has_bias,
+            config,
+            rows_per_cube / WIDE_ROWS
         ),
         ForwardPath::Mma => launch_with!(
             unchecked block_sparse_forward_mma,

@@ -17,7 +17,8 @@ use cubecl::ir::{FastMath, MatrixIdent};
 use cubecl::prelude::barrier::{Barrier, copy_async};
 use cubecl::prelude::*;
 
-use super::common::{MapConfig, SparseMap, finish_score, input_row, key_block, mask_offset, visits};
+use super::common::{MapConfig, SparseMap, finish_score, input_row, visits};
+use super::mma_pipeline::{kv_stage_bias, kv_start, kv_step};
 use super::portable::NEG_BIG;
 
 /// Keys per shared-memory tile; the Q tile is staged through the K buffer, 64 rows at a time.
@@ -321,140 +322,61 @@ pub fn block_sparse_forward_mma<F: Float>(
     let stage_bias = comptime![has_bias && !config.partial];
     let inv_scale = 1.0f32 / scale;
     let mut sbias = SharedMemory::<f32>::new(2 * MMA_TILE_K);
-    let mut pending_bias = 0.0f32;
     let bias_unit = (UNIT_POS as usize) < MMA_TILE_K;
 
     // The visited key blocks as one sequence of 64-key tiles (blocks are never empty): step
     // (e, tile) computes while step (e, tile + 1) or (e + 1, 0) loads.
     let vis = visits(&map, qb, h, map_heads, config);
-    let mut e = 0usize;
-    let mut tile = 0usize;
-    let mut k_start = 0usize;
-    let mut k_end = 0usize;
-    let mut mask_word = 0xFFFF_FFFFu32; // a full block (u32::MAX)
-    if vis.count > 0 {
-        let kb = key_block(&map, &vis, 0usize, max_count, config);
-        k_start = map.k_starts[kb] as usize;
-        k_end = map.k_starts[kb + 1] as usize;
-        if comptime![config.partial] {
-            mask_word = mask_offset(&map, &vis, 0usize, max_count);
-        }
-        copy_rows::<F>(
+    let mut pipe = kv_start::<F>(
+        k,
+        v,
+        bias,
+        &map,
+        &vis,
+        &mut sk,
+        &mut sv,
+        &mut sbias,
+        &bar0,
+        bh * nk,
+        bias_base,
+        max_count,
+        inv_scale,
+        bias_unit,
+        head_dim,
+        value_dim,
+        threads,
+        config,
+        stage_bias,
+    );
+    while pipe.e < vis.count {
+        let st = kv_step::<F>(
+            &mut pipe,
             k,
-            &mut sk,
-            0usize,
-            &map,
-            bh * nk,
-            k_start,
-            k_end,
-            MMA_TILE_K,
-            head_dim,
-            ks,
-            threads,
-            config.gathered,
-        );
-        copy_rows::<F>(
             v,
-            &mut sv,
-            0usize,
+            bias,
             &map,
+            &vis,
+            &mut sk,
+            &mut sv,
+            &bar0,
+            &bar1,
             bh * nk,
-            k_start,
-            k_end,
-            MMA_TILE_K,
+            bias_base,
+            max_count,
+            bias_unit,
+            head_dim,
             value_dim,
-            vs,
             threads,
-            config.gathered,
+            config,
+            stage_bias,
         );
-        bar0.commit_copy_async();
-        bar0.arrive();
-        if comptime![stage_bias] {
-            if bias_unit {
-                let key = tile_row(k_start, k_end, UNIT_POS as usize);
-                sbias[UNIT_POS as usize] =
-                    f32::cast_from(bias[bias_base + input_row(&map, key, config.gathered)]) * inv_scale;
-            }
-        }
-    }
-    let mut step = 0usize;
-    while e < vis.count {
-        let kt = k_start + tile * MMA_TILE_K;
-        let block_start = k_start;
-        let block_end = k_end;
-        let block_mask = mask_word;
-        let stage = step % 2;
-        // Everyone is done with the other stage (the previous step computed on it).
-        sync_cube();
-        // Next step, and its copies into the other stage.
-        tile += 1;
-        if k_start + tile * MMA_TILE_K >= k_end {
-            e += 1;
-            tile = 0;
-            if e < vis.count {
-                let kb = key_block(&map, &vis, e, max_count, config);
-                k_start = map.k_starts[kb] as usize;
-                k_end = map.k_starts[kb + 1] as usize;
-                if comptime![config.partial] {
-                    mask_word = mask_offset(&map, &vis, e, max_count);
-                }
-            }
-        }
-        if e < vis.count {
-            let next = k_start + tile * MMA_TILE_K;
-            let other = 1 - stage;
-            copy_rows::<F>(
-                k,
-                &mut sk,
-                other * stage_k,
-                &map,
-                bh * nk,
-                next,
-                k_end,
-                MMA_TILE_K,
-                head_dim,
-                ks,
-                threads,
-                config.gathered,
-            );
-            copy_rows::<F>(
-                v,
-                &mut sv,
-                other * stage_v,
-                &map,
-                bh * nk,
-                next,
-                k_end,
-                MMA_TILE_K,
-                value_dim,
-                vs,
-                threads,
-                config.gathered,
-            );
-            if other == 0 {
-                bar0.commit_copy_async();
-                bar0.arrive();
-            } else {
-                bar1.commit_copy_async();
-                bar1.arrive();
-            }
-            if comptime![stage_bias] {
-                if bias_unit {
-                    let key = tile_row(next, k_end, UNIT_POS as usize);
-                    pending_bias = f32::cast_from(bias[bias_base + input_row(&map, key, config.gathered)]);
-                }
-            }
-        }
-        let has_next = e < vis.count;
-        let phase = ((step / 2) % 2) as u32;
-        if stage == 0 {
-            bar0.wait_parity(phase);
-        } else {
-            bar1.wait_parity(phase);
-        }
+        let kt = st.kt;
+        let block_start = st.block_start;
+        let block_end = st.block_end;
+        let block_mask = st.block_mask;
+        let stage = st.stage;
         let k_off = stage * stage_k;
         let v_off = stage * stage_v;
-        step += 1;
         // This step's compute, on the tile now in shared memory.
         {
             // S = Q K^T, 8 keys per MMA column chunk, two chunks per ldmatrix.x4 (matrices: keys
@@ -672,11 +594,7 @@ pub fn block_sparse_forward_mma<F: Float>(
         }
         // The next tile's bias, into the other stage: everyone finished reading it last step
         // (the barrier at this step's start), and the next step's barrier publishes it.
-        if comptime![stage_bias] {
-            if has_next && bias_unit {
-                sbias[(1 - stage) * MMA_TILE_K + UNIT_POS as usize] = pending_bias * inv_scale;
-            }
-        }
+        kv_stage_bias(&pipe, &st, &mut sbias, inv_scale, bias_unit, stage_bias);
     }
 
     // Row sums over the quad, then the output rows this lane holds (two values per store).

@@ -9,6 +9,8 @@ mod geometry;
 mod launch;
 pub(crate) mod mma;
 pub(crate) mod mma_backward;
+mod mma_pipeline;
+mod mma_wide;
 mod portable;
 mod tensor_core;
 mod tiles;
@@ -19,7 +21,7 @@ pub use backward::{
 pub use backward_launch::{
     BackwardInputs, BackwardOutput, TransposedLists, backward, backward_elem, backward_portable,
 };
-pub use common::{MapConfig, MapSource, SparseMap, SparseMapLaunch};
+pub use common::{MapConfig, MapSource, SparseMap, SparseMapCompilationArg, SparseMapLaunch};
 pub use geometry::StaGeometry;
 pub use launch::{
     BlockMapArrays, ForwardOutput, ForwardPath, ForwardProblem, KernelElem, KeyBlocks, forward, forward_elem,
@@ -27,6 +29,9 @@ pub use launch::{
 };
 pub use mma::{MMA_TILE_K, block_sparse_forward_mma};
 pub use mma_backward::{block_sparse_backward_dkv_mma, block_sparse_backward_dq_mma};
+pub use mma_wide::{WIDE_ROWS, block_sparse_forward_mma_wide};
 pub use portable::{NEG_BIG, block_sparse_forward_portable};
 pub use tensor_core::{TC_ROWS, TC_TILE_K, TC_WARPS, block_sparse_forward_tensor_core};
-pub use tiles::{PortableTiles, dkv_warps, dq_warps, match_row_tiles, match_warps, mma_warps, portable_tiles};
+pub use tiles::{
+    PortableTiles, dkv_warps, dq_warps, match_row_tiles, match_warps, mma_rows, mma_warps, portable_tiles,
+};

@@ -36,12 +36,26 @@ fn default_planes(max_block: usize) -> usize {
     if max_block >= 128 { 8 } else { 4 }
 }
 
-/// Planes per cube of the MMA forward (16 query rows each, a multiple of 4): 8 when query blocks
-/// fill 128 rows (each K/V tile then serves twice the rows), 4 otherwise. 12 planes (384
+/// Query rows per plane of the MMA forward: 16, or 32 with `DIT_ATTENTION_MMA_ROWS=32` (the wide
+/// kernel, two MMA row tiles a plane). The wide kernel stays opt-in until an H100 run has passed
+/// the CUDA tests with it and timed it against the 16-row kernel.
+pub fn mma_rows() -> usize {
+    planes_override("DIT_ATTENTION_MMA_ROWS", &[16, 32]).unwrap_or(16)
+}
+
+/// Planes per cube of the MMA forward. With 16 rows a plane (a multiple of 4): 8 when query
+/// blocks fill 128 rows (each K/V tile then serves twice the rows), 4 otherwise; 12 planes (384
 /// threads, 168 registers each: the forward fits them without spilling at head dim 128) measured
-/// no better on the H100: STA within 2% either way, dense 22% slower.
-/// `DIT_ATTENTION_MMA_WARPS=4|8|12` overrides it, for tuning runs.
+/// no better on the H100: STA within 2% either way, dense 22% slower. With 32 rows a plane: 4
+/// (a cube of 128 rows, as the 16-row default) when blocks fill 128 rows, 2 otherwise.
+/// `DIT_ATTENTION_MMA_WARPS=4|8|12` (16 rows) or `=2|4|6` (32 rows; 6 planes make 192 rows, half
+/// an STA tile of 6x8x8, so K/V tiles are read twice per tile instead of three times) overrides
+/// it, for tuning runs.
 pub fn mma_warps(max_block: usize) -> usize {
+    if mma_rows() == 32 {
+        let default = if max_block >= 128 { 4 } else { 2 };
+        return planes_override("DIT_ATTENTION_MMA_WARPS", &[2, 4, 6]).unwrap_or(default);
+    }
     planes_override("DIT_ATTENTION_MMA_WARPS", &[4, 8, 12]).unwrap_or_else(|| default_planes(max_block))
 }
 
