@@ -5,12 +5,9 @@
 #   scripts/device_wide.sh tests [VARIANT]  # forward tests: rows16, rows32, rows32w4 (all by default;
 #                                           # one variant per call if three overrun 600 s)
 #   scripts/device_wide.sh bench   # default, wide 4 planes, wide 6 planes; then torch (~6-8 min)
-# Each section fits one `run` call (600 s); OUT collects the logs.
+# Each section fits one `run` call (600 s); OUT collects the logs; .device/*.gz are unpacked.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-/tmp/dit-out}
-mkdir -p "$out"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+source "$(dirname "$0")/device_env.sh"
 # Forward tests that take the MMA path: half-precision STA (head dims 64/128, bias, ragged
 # tiles, natural order), partial blocks, the dynamic selection's device lists, Combined.
 tests="half_precision partial_blocks_are_masked many_blocks_and_gradients combined_attention_matches"

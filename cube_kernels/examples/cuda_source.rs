@@ -1,4 +1,5 @@
-//! Writes the CUDA C++ that cubecl generates for the MMA forward kernels (16 and 32 rows a plane), without a GPU: the
+//! Writes the CUDA C++ that cubecl generates for the MMA forward kernels (16 and 32 rows a plane)
+//! and the tensor-core (cmma) checked matmul, without a GPU: the
 //! kernel is expanded with the CUDA runtime's MMA layout and compiled by cubecl's CUDA compiler
 //! to source, as the runtime does before handing it to NVRTC. `scripts/ptxas_report.sh` then
 //! compiles the files with a local NVRTC/ptxas for `sm_90a` and reports registers and spills, so
@@ -13,6 +14,7 @@ use cubecl::prelude::*;
 use dit_attention_kernels::attention::{
     MapConfig, MapSource, SparseMap, SparseMapCompilationArg, block_sparse_forward_mma, block_sparse_forward_mma_wide,
 };
+use dit_attention_kernels::matmul_tensor_core::{batched_matmul_tensor_core, tensor_core_grid};
 
 /// Device properties of an H100 as far as kernel expansion reads them.
 fn h100() -> DeviceProperties {
@@ -98,15 +100,40 @@ macro_rules! forward_source {
             $config,
             $warps,
         );
-        compile(builder.build(settings))
+        compile(builder.build(settings), ExecutionMode::Unchecked)
     }};
+}
+
+/// The tensor-core batched matmul (`out[z] = a[z] b[z]`, `b` transposed or not) for bf16, as
+/// its checked launch compiles it.
+fn matmul_source(b_transposed: bool) -> String {
+    use batched_matmul_tensor_core as kernel;
+    type E = DynamicScalar<kernel::_F>;
+    let mut builder = KernelBuilder::default();
+    builder.runtime_properties(CudaRuntime::target_properties());
+    builder.device_properties(&h100());
+    builder.scope.register_type::<E>(half::bf16::as_type_native_unchecked().storage_type());
+    let (_, dim) = tensor_core_grid(1, 64, 128);
+    let settings = KernelSettings::default()
+        .cube_dim(dim)
+        .address_type(AddressType::U32)
+        .kernel_name("batched_matmul_tensor_core");
+    settings.address_type.register(&mut builder.scope);
+    let arr = ArrayCompilationArg { inplace: None };
+    let a = <Array<E> as LaunchArg>::expand(&arr, &mut builder);
+    let b = <Array<E> as LaunchArg>::expand(&arr, &mut builder);
+    let out = <Array<E> as LaunchArg>::expand_output(&arr, &mut builder);
+    let mut scalar = || <u32 as LaunchArg>::expand(&(), &mut builder);
+    let [m, n, k] = [scalar(), scalar(), scalar()];
+    kernel::expand::<E>(&mut builder.scope, a, b, out, m, n, k, b_transposed);
+    compile(builder.build(settings), ExecutionMode::Checked)
 }
 
 /// The C++ of a kernel definition, with the options the CUDA runtime sets on an H100.
 // The options' type lives in cubecl-cpp, not a dependency of ours: it is reached through the
 // compiler's associated type, so its fields are set one by one.
 #[allow(clippy::field_reassign_with_default)]
-fn compile(definition: cubecl::prelude::KernelDefinition) -> String {
+fn compile(definition: cubecl::prelude::KernelDefinition, mode: ExecutionMode) -> String {
     let mut options = <CudaCompiler as cubecl::Compiler>::CompilationOptions::default();
     options.warp_size = 32;
     options.supports_features.fast_math = true;
@@ -116,7 +143,7 @@ fn compile(definition: cubecl::prelude::KernelDefinition) -> String {
     options.supports_features.elect_sync = true;
     let addr: StorageType = u32::as_type_native_unchecked().storage_type();
     CudaCompiler::default()
-        .compile(definition, &options, ExecutionMode::Unchecked, addr)
+        .compile(definition, &options, mode, addr)
         .expect("cubecl compiles the kernel to C++")
         .to_string()
 }
@@ -146,5 +173,10 @@ fn main() {
             std::fs::write(&path, source).expect("write source");
             println!("{}", path.display());
         }
+    }
+    for transposed in [false, true] {
+        let path = out.join(format!("matmul_tensor_core_t{}.cu", u8::from(transposed)));
+        std::fs::write(&path, matmul_source(transposed)).expect("write source");
+        println!("{}", path.display());
     }
 }

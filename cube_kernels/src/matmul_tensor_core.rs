@@ -195,7 +195,7 @@ pub fn batched_matmul_tensor_core<F: Float>(
 }
 
 /// The cube's shape and the grid for `[batch, m, n]`.
-pub(crate) fn tensor_core_grid(batch: usize, m: usize, n: usize) -> (CubeCount, CubeDim) {
+pub fn tensor_core_grid(batch: usize, m: usize, n: usize) -> (CubeCount, CubeDim) {
     let count = CubeCount::Static(n.div_ceil(TC_TILE_N) as u32, m.div_ceil(TC_TILE_M) as u32, batch as u32);
     (count, CubeDim::new_2d(32, (WARPS_M * WARPS_N) as u32))
 }
