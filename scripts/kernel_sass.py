@@ -3,7 +3,7 @@
 
 Run a binary with CUBECL_DEBUG_LOG=<log> (cubecl then logs every kernel's CUDA source), or,
 without a GPU, write the MMA forward kernels' sources with
-`cargo run -p dit-attention-kernels --features cuda --example cuda_source -- <dir>`, then
+`cargo run -p dit-attention-kernels --example cuda_source -- <dir>`, then
 
     python3 scripts/kernel_sass.py <log or dir> <name regex> <out folder> [extra nvcc flags ...]
 

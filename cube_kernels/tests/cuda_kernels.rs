@@ -1,0 +1,56 @@
+//! The CUDA-only kernels, expanded to CUDA C++ without a GPU (cubecl's CUDA compiler, as the
+//! runtime runs it before NVRTC): every MMA forward configuration the launcher can pick expands
+//! without a panic, and the 32-row kernel has the structure it is for. The numbers these kernels
+//! compute are tested on a GPU (`engine_cuda`); this catches what breaks them before one is lent.
+
+mod cuda_source;
+
+use cuda_source::{Forward, Variant, matmul_source, variants};
+
+/// Calls in a kernel's source of the MMA, of the plain fragment load (K, and Q's A fragments)
+/// and of the transposed one (V); each helper's definition is one more match.
+fn calls(source: &str) -> [usize; 3] {
+    let count = |name: &str| source.matches(name).count().saturating_sub(1);
+    [
+        count("__mma_m16n8k16___nv_bfloat16___nv_bfloat16_float("),
+        count("__ldmatrix_m8n8___nv_bfloat16_4x("),
+        count("__ldmatrix_m8n8___nv_bfloat16_4x_trans("),
+    ]
+}
+
+#[test]
+fn every_mma_forward_configuration_expands_to_cuda() {
+    for v in variants() {
+        let source = v.source();
+        let name = v.name();
+        assert!(source.contains("mma.sync.aligned.m16n8k16"), "{name}: no mma.sync");
+        assert!(source.contains("__cp_async_shared_global"), "{name}: no cp.async copies");
+        let [mma, plain, trans] = calls(&source);
+        // One 64-key tile: Q K^T over the head dim, P V over the value dim, 16 rows per tile.
+        let tiles = if v.kernel == Forward::Rows16 { 1 } else { 2 };
+        assert_eq!(mma, tiles * 4 * (v.head_dim / 16 * 2 + v.value_dim / 16 * 2), "{name}: MMAs");
+        assert_eq!(trans, 4 * v.value_dim / 16, "{name}: V fragment loads");
+        assert_eq!(plain, 4 * v.head_dim / 16 + tiles * v.head_dim / 16, "{name}: K and Q fragment loads");
+    }
+}
+
+#[test]
+fn the_wide_kernel_feeds_each_key_and_value_fragment_to_two_mmas() {
+    for wide in variants().into_iter().filter(|v| v.kernel == Forward::Rows32) {
+        let narrow = Variant { kernel: Forward::Rows16, warps: 8, ..wide };
+        let [mma_w, plain_w, trans_w] = calls(&wide.source());
+        let [mma_n, plain_n, trans_n] = calls(&narrow.source());
+        assert_eq!(mma_w, 2 * mma_n, "{}", wide.name());
+        assert_eq!(trans_w, trans_n, "{}", wide.name());
+        // The same K loads; Q's fragments once more (the second row tile's).
+        assert_eq!(plain_w, plain_n + wide.head_dim / 16, "{}", wide.name());
+    }
+}
+
+#[test]
+fn the_tensor_core_matmul_expands_to_cuda() {
+    for transposed in [false, true] {
+        let source = matmul_source(transposed);
+        assert!(source.contains("wmma::mma_sync"), "transposed {transposed}: no wmma");
+    }
+}
