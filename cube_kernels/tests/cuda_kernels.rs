@@ -1,11 +1,12 @@
 //! The CUDA-only kernels, expanded to CUDA C++ without a GPU (cubecl's CUDA compiler, as the
 //! runtime runs it before NVRTC): every MMA forward configuration the launcher can pick expands
-//! without a panic, and the 32-row kernel has the structure it is for. The numbers these kernels
+//! without a panic, and the 32-row kernel has the structure it is for; so do the MMA backward's
+//! kernels, the tensor-core token matching (one or two row tiles a plane) and checked matmul. The numbers these kernels
 //! compute are tested on a GPU (`engine_cuda`); this catches what breaks them before one is lent.
 
 mod cuda_source;
 
-use cuda_source::{Forward, Variant, matmul_source, variants};
+use cuda_source::{Forward, Variant, backward_source, matching_source, matmul_source, variants};
 
 /// Calls in a kernel's source of the MMA, of the plain fragment load (K, and Q's A fragments)
 /// and of the transposed one (V); each helper's definition is one more match.
@@ -52,5 +53,32 @@ fn the_tensor_core_matmul_expands_to_cuda() {
     for transposed in [false, true] {
         let source = matmul_source(transposed);
         assert!(source.contains("wmma::mma_sync"), "transposed {transposed}: no wmma");
+    }
+}
+
+#[test]
+fn the_mma_backward_kernels_expand_to_cuda() {
+    // The backward's plane counts (4 or 8) over the forward's map kinds and dims.
+    for v in variants().into_iter().filter(|v| v.kernel == Forward::Rows16 && v.warps != 12) {
+        for (dkv, has_d_out) in [(false, true), (true, true), (true, false)] {
+            let source = backward_source(dkv, &v, has_d_out);
+            assert!(source.contains("mma.sync.aligned.m16n8k16"), "{} dkv {dkv}: no mma.sync", v.name());
+        }
+    }
+}
+
+#[test]
+fn the_tensor_core_matching_feeds_each_destination_fragment_to_its_row_tiles() {
+    // Unit metrics of head dims 64 and 128 (`concat(k, |k|, v, |v|)`, padded to 16), with the
+    // destination tiles the launcher picks for them.
+    for (channels, tile) in [(144, 64), (272, 32)] {
+        for warps in [4, 8, 16] {
+            let [mma1, plain1, trans1] = calls(&matching_source(channels, tile, warps, 1));
+            let [mma2, plain2, trans2] = calls(&matching_source(channels, tile, warps, 2));
+            assert!(mma1 > 0, "channels {channels}: no MMA");
+            assert_eq!(mma2, 2 * mma1, "channels {channels}, {warps} planes");
+            // The same fragment loads: a plane's source fragments are loaded once, by a loop.
+            assert_eq!((plain2, trans2), (plain1, trans1), "channels {channels}, {warps} planes");
+        }
     }
 }
