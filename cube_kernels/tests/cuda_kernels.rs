@@ -6,7 +6,7 @@
 
 mod cuda_source;
 
-use cuda_source::{Forward, Variant, backward_source, matching_source, matmul_source, variants};
+use cuda_source::{Forward, Variant, backward_source, matching_source, matmul_source, shapes, variants};
 
 /// Calls in a kernel's source of the MMA, of the plain fragment load (K, and Q's A fragments)
 /// and of the transposed one (V); each helper's definition is one more match.
@@ -21,6 +21,7 @@ fn calls(source: &str) -> [usize; 3] {
 
 #[test]
 fn every_mma_forward_configuration_expands_to_cuda() {
+    assert_eq!(shapes().len(), 6, "{:?}", shapes());
     for v in variants() {
         let source = v.source();
         let name = v.name();

@@ -33,5 +33,5 @@ pub use mma_wide::{WIDE_ROWS, block_sparse_forward_mma_wide};
 pub use portable::{NEG_BIG, block_sparse_forward_portable};
 pub use tensor_core::{TC_ROWS, TC_TILE_K, TC_WARPS, block_sparse_forward_tensor_core};
 pub use tiles::{
-    PortableTiles, dkv_warps, dq_warps, match_row_tiles, match_warps, mma_rows, mma_warps, portable_tiles,
+    PortableTiles, dkv_warps, dq_warps, match_row_tiles, match_warps, mma_rows, mma_shape, mma_warps, portable_tiles,
 };

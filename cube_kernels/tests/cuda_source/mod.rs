@@ -13,7 +13,7 @@ use cubecl::ir::{AddressType, DeviceProperties, HardwareProperties, MemoryDevice
 use cubecl::prelude::*;
 use dit_attention_kernels::attention::{
     MapConfig, MapSource, SparseMap, SparseMapCompilationArg, block_sparse_backward_dkv_mma,
-    block_sparse_backward_dq_mma, block_sparse_forward_mma, block_sparse_forward_mma_wide,
+    block_sparse_backward_dq_mma, block_sparse_forward_mma, block_sparse_forward_mma_wide, mma_shape,
 };
 use dit_attention_kernels::matmul_tensor_core::{batched_matmul_tensor_core, tensor_core_grid};
 use dit_attention_kernels::merge::best_match_mma;
@@ -309,8 +309,25 @@ impl Variant {
     }
 }
 
-/// The configurations the launcher can pick, over the map sources the benchmarks use and the
-/// planes each kernel allows: 16 rows with 4, 8 or 12 planes, 32 rows with 2, 4 or 6.
+/// Every `(rows a plane, planes a cube)` the launcher's [`mma_shape`] can pick, with or without
+/// overrides (16 rows with 4, 8 or 12 planes, 32 rows with 2, 4 or 6).
+pub fn shapes() -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for max_block in [64, 128] {
+        for rows in [None, Some(32)] {
+            for planes in [None, Some(2), Some(4), Some(6), Some(8), Some(12)] {
+                let shape = mma_shape(max_block, rows, planes);
+                if !out.contains(&shape) {
+                    out.push(shape);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The configurations the launcher can pick: every map kind the benchmarks use, head/value dims
+/// 64/64, 128/128 and 128/64, and every shape of [`shapes`].
 pub fn variants() -> Vec<Variant> {
     let map = |source, partial, gathered| MapConfig { source, partial, gathered };
     let maps = [
@@ -323,14 +340,8 @@ pub fn variants() -> Vec<Variant> {
     let mut out = Vec::new();
     for (config, has_bias) in maps {
         for (head_dim, value_dim) in [(64, 64), (128, 128), (128, 64)] {
-            for (kernel, warps) in [
-                (Forward::Rows16, 8),
-                (Forward::Rows16, 4),
-                (Forward::Rows16, 12),
-                (Forward::Rows32, 4),
-                (Forward::Rows32, 2),
-                (Forward::Rows32, 6),
-            ] {
+            for (rows, warps) in shapes() {
+                let kernel = if rows == 16 { Forward::Rows16 } else { Forward::Rows32 };
                 out.push(Variant { kernel, head_dim, value_dim, has_bias, config, warps });
             }
         }
