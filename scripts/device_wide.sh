@@ -2,9 +2,9 @@
 # The wide MMA forward (32 query rows a plane, `DIT_ATTENTION_MMA_ROWS=32`) on the GPU machine:
 # its CUDA tests, then the forward timed against the 16-row default and the peers in one run.
 # Expects .device/engine_cuda (the test binary) and .device/engine_device (README "On a GPU").
-#   scripts/device_wide.sh tests [VARIANT]  # forward tests: rows16, rows32, rows32w4 (all by default;
-#                                           # one variant per call if three overrun 600 s)
-#   scripts/device_wide.sh bench   # default, wide 4 planes, wide 6 planes; then torch (~6-8 min)
+#   scripts/device_wide.sh tests [VARIANTS]  # forward tests: rows16 rows32 rows32w4 rows32w6 (all
+#                                            # by default; fewer per call if all overrun 600 s)
+#   scripts/device_wide.sh bench             # 16 rows, 32 rows x 4 and x 6 planes; then torch
 # Each section fits one `run` call (600 s); OUT collects the logs; .device/*.gz are unpacked.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
@@ -14,11 +14,12 @@ tests="half_precision partial_blocks_are_masked many_blocks_and_gradients combin
 case "${1:-tests}" in
   tests)
     # The 16-row default first: its K/V pipeline moved into mma_pipeline.rs without a GPU run.
-    for variant in ${2:-rows16 rows32 rows32w4}; do
+    for variant in ${2:-rows16 rows32 rows32w4 rows32w6}; do
       vars=(DIT_ATTENTION_MMA_ROWS=32)
       case $variant in
         rows16) vars=(DIT_ATTENTION_MMA_ROWS=16) ;;
         rows32w4) vars+=(DIT_ATTENTION_MMA_WARPS=4) ;;
+        rows32w6) vars+=(DIT_ATTENTION_MMA_WARPS=6) ;;
       esac
       env "${vars[@]}" ./.device/engine_cuda --test-threads 1 $tests 2>&1 | tee "$out/tests_$variant.log" | tail -n 25
       echo "$variant tests exit code: ${PIPESTATUS[0]}"
